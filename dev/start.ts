@@ -1,0 +1,44 @@
+// `npm start`: the whole sync on this machine, no Supabase and no amoCRM account needed.
+// Shows a student completing lessons 67, 68, 69 and the deal walking through the three
+// stages, then keeps serving so you can post your own events (see README).
+import { LOCAL, startEmbedded } from './embedded.ts';
+
+const port = Number(process.env.PORT ?? 8888);
+const t0 = Date.now();
+const app = await startEmbedded({ port, expiredToken: true });
+const say = (text: string) => console.log(`\n── ${text}`);
+say(`Встроенный режим запущен за ${Date.now() - t0} мс: PGlite (PostgreSQL 17) с миграциями, amoCRM-заглушка ${app.amo.url}, функции ${app.url}`);
+
+const student = await app.addStudent('aida.nurlanovna@student.kz');
+// A decoy the substring search also finds: a different student whose address contains hers.
+await app.addStudent('x.aida.nurlanovna@student.kz.example');
+say(`Студентка aida.nurlanovna@student.kz, сделка ${student.leadId} на этапе «Новая заявка» (${LOCAL.stages.incoming})`);
+
+const stageName = new Map<number, string>([
+  [LOCAL.stages.incoming, 'Новая заявка'], [LOCAL.stages.lesson1, 'Урок 1 пройден'],
+  [LOCAL.stages.lesson2, 'Урок 2 пройден'], [LOCAL.stages.lesson3, 'Урок 3 пройден'],
+]);
+for (const lesson of [67, 68, 69]) {
+  say(`INSERT INTO lesson_progress (урок ${lesson}) от имени студентки`);
+  await app.completeLesson(student.userId, lesson);
+  await app.settle();
+  const lead = app.amo.lead(student.leadId)!;
+  console.log(`   сделка ${lead.id} теперь на этапе ${lead.statusId} «${stageName.get(lead.statusId) ?? '?'}»`);
+}
+const events = await app.eventsOf(student.userId);
+say(`Outbox: ${events.map((e) => `#${e.id} урок ${e.lesson_id} → ${e.status}`).join(', ')}`);
+const counts = app.amo.counts();
+console.log(`   запросов к amoCRM: ${counts.total} (обновлений токена: ${counts.refreshes}, 429: ${counts.tooMany})`);
+
+say('Сервер продолжает работать. Свой вебхук (формат Database Webhook Supabase):');
+console.log(`curl -s -X POST ${app.url}/api/amocrm/lesson-completed \\
+  -H 'content-type: application/json' -H 'x-webhook-secret: ${LOCAL.webhookSecret}' \\
+  -d '{"type":"INSERT","table":"lesson_progress","schema":"public","record":{"user_id":"${student.userId}","lesson_id":69},"old_record":null}'`);
+console.log('Ctrl+C — остановить.');
+
+const stop = async () => {
+  await app.close();
+  process.exit(0);
+};
+process.once('SIGINT', stop);
+process.once('SIGTERM', stop);

@@ -1,0 +1,121 @@
+// The request sender (in the spirit of stripe-node's): one place that knows how to talk
+// to amoCRM: base URL, timeouts, the shared rate limit, the bearer token, one refresh
+// and retry on 401, and the classification of failures. Resources above it only
+// describe requests.
+import axios, { type AxiosInstance } from 'axios';
+import { AmoError, needsOperator, retryable } from './errors.ts';
+import type { RateLimiter } from './rate-limit.ts';
+
+export type QueryParams = [string, string | number][];
+
+export interface AmoRequest {
+  method: 'GET' | 'POST' | 'PATCH';
+  path: string;
+  query?: QueryParams;
+  body?: unknown;
+}
+
+export interface AmoResponse<T = any> {
+  status: number;
+  /** null for 204 No Content (amoCRM's "nothing found"). */
+  data: T | null;
+}
+
+export interface AccessToken {
+  accessToken: string;
+  version: number;
+}
+
+export interface TokenSource {
+  current(): Promise<AccessToken>;
+  /** After a 401 with `used`: refresh unless someone already did; throws when it cannot. */
+  afterUnauthorized(used: AccessToken): Promise<AccessToken>;
+}
+
+export interface Transport {
+  send(req: AmoRequest, bearer?: string): Promise<{ status: number; data: unknown; headers: Record<string, string> }>;
+}
+
+export function axiosTransport(baseUrl: string, timeoutMs: number, instance: AxiosInstance = axios.create()): Transport {
+  return {
+    async send(req, bearer) {
+      const query = req.query?.length ? `?${new URLSearchParams(req.query.map(([k, v]) => [k, String(v)]))}` : '';
+      try {
+        const res = await instance.request({
+          baseURL: baseUrl,
+          url: req.path + query,
+          method: req.method,
+          data: req.body,
+          timeout: timeoutMs,
+          headers: { 'Content-Type': 'application/json', ...(bearer ? { Authorization: `Bearer ${bearer}` } : {}) },
+          // Every status is an answer to classify, not an exception.
+          validateStatus: () => true,
+          // Blocked accounts and proxies answer with HTML: parse defensively below.
+          responseType: 'text',
+          transitional: { silentJSONParsing: true, forcedJSONParsing: false, clarifyTimeoutError: true },
+          maxRedirects: 0,
+        });
+        return { status: res.status, data: parseBody(res.data), headers: res.headers as Record<string, string> };
+      } catch (err) {
+        const code = (err as { code?: string }).code ?? 'ERR_NETWORK';
+        const timedOut = code === 'ETIMEDOUT' || code === 'ECONNABORTED';
+        throw retryable(timedOut ? 'timeout' : 'network',
+          timedOut ? `amoCRM не ответил за ${timeoutMs} мс` : `amoCRM недоступен (${code})`);
+      }
+    },
+  };
+}
+
+function parseBody(text: unknown): unknown {
+  if (typeof text !== 'string' || text.trim() === '') return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { unparsed: text.slice(0, 200) };
+  }
+}
+
+/** Milliseconds amoCRM asks us to wait: the Retry-After header or the body's retry_after. */
+export function retryAfterMs(headers: Record<string, string>, data: unknown): number | undefined {
+  const header = Number(headers['retry-after']);
+  const body = Number((data as { retry_after?: unknown } | null)?.retry_after);
+  const seconds = [header, body].filter((n) => Number.isFinite(n) && n > 0);
+  return seconds.length ? Math.max(...seconds) * 1000 : undefined;
+}
+
+/** Turns a non-2xx status that no resource handles itself into the classified error. */
+export function classifyStatus(status: number, headers: Record<string, string>, data: unknown): AmoError {
+  const detail = (data as { detail?: string; title?: string } | null)?.detail ?? (data as { title?: string } | null)?.title;
+  if (status === 429) return retryable('rate_limited', 'amoCRM: 429 Too Many Requests', { status, retryAfterMs: retryAfterMs(headers, data) });
+  if (status >= 500) return retryable('server_error', `amoCRM: ${status}${detail ? ` ${detail}` : ''}`, { status });
+  if (status === 402) return needsOperator('payment_required', 'amoCRM: 402 — оплаченный период аккаунта закончился', 'продлите подписку amoCRM; события продолжатся сами', { status });
+  if (status === 403) return needsOperator('account_blocked', 'amoCRM: 403 — API заблокирован для аккаунта или не хватает прав', 'проверьте права интеграции; при блокировке за превышение лимита обратитесь в поддержку amoCRM', { status });
+  if (status === 401) return needsOperator('unauthorized', 'amoCRM: 401 и после обновления токена — интеграция отключена или токен отозван', 'проверьте, что интеграция включена, и авторизуйте её заново: npm run amocrm -- exchange-code <код>', { status });
+  return new AmoError('permanent', `http_${status}`, `amoCRM: ${status}${detail ? ` ${detail}` : ''}`, { status });
+}
+
+export interface AmoHttp {
+  /** Sends one request. 2xx, 204, 400, 404 and 422 come back as answers; everything else throws an AmoError. */
+  request<T = any>(req: AmoRequest): Promise<AmoResponse<T>>;
+}
+
+export function createAmoHttp(transport: Transport, tokens: TokenSource, limiter: RateLimiter): AmoHttp {
+  const passThrough = new Set([400, 404, 422]);
+  return {
+    async request<T>(req: AmoRequest): Promise<AmoResponse<T>> {
+      let token = await tokens.current();
+      for (let attempt = 0; ; attempt++) {
+        await limiter.acquire();
+        const res = await transport.send(req, token.accessToken);
+        if (res.status === 401 && attempt === 0) {
+          token = await tokens.afterUnauthorized(token); // refresh once, then retry once
+          continue;
+        }
+        if ((res.status >= 200 && res.status < 300) || passThrough.has(res.status)) {
+          return { status: res.status, data: res.status === 204 ? null : (res.data as T) };
+        }
+        throw classifyStatus(res.status, res.headers, res.data);
+      }
+    },
+  };
+}

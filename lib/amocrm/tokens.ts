@@ -1,0 +1,259 @@
+// The token chain across stateless invocations. The database row is the truth; the env
+// only seeds an empty table. Exactly one invocation refreshes at a time (a lease in the
+// database); the others wait for its result and use the new token. The rotated pair is
+// stored (compare-and-swap on version) the moment amoCRM returns it.
+import type { Clock } from '../clock.ts';
+import type { Db } from '../db/port.ts';
+import type { Logger } from '../log.ts';
+import { AmoError, needsOperator, retryable } from './errors.ts';
+import type { AccessToken, TokenSource } from './http.ts';
+import type { OAuthClient, TokenPair } from './oauth.ts';
+
+export interface StoredTokens {
+  present: boolean;
+  kind?: 'oauth' | 'long_lived';
+  access_token?: string;
+  expires_at?: string | null;
+  has_refresh_token?: boolean;
+  auth_state?: 'ok' | 'needs_reauth';
+  auth_problem?: string | null;
+  version?: number;
+  refreshing?: boolean;
+}
+
+export interface TokenSeed {
+  accessToken?: string;
+  refreshToken?: string;
+  longLivedToken?: string;
+}
+
+export interface TokenManagerOptions {
+  db: Db;
+  oauth: OAuthClient;
+  clock: Clock;
+  log: Logger;
+  /** Who holds the refresh lease (invocation id), for the database's bookkeeping. */
+  holder: string;
+  seed?: TokenSeed;
+  /** Refresh this long before expiry. */
+  marginMs?: number;
+  /** How long a waiting invocation waits for another's refresh. */
+  waitMs?: number;
+  leaseSeconds?: number;
+}
+
+const REAUTH_HINT = 'авторизуйте интеграцию заново: npm run amocrm -- exchange-code <код из amoCRM>';
+
+/** The `exp` claim of a JWT-shaped token, without verifying it (we only need the date). */
+export function jwtExpiry(token: string): Date | undefined {
+  const payload = token.split('.')[1];
+  if (!payload) return undefined;
+  try {
+    const exp = Number(JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')).exp);
+    return Number.isFinite(exp) && exp > 0 ? new Date(exp * 1000) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export class TokenManager implements TokenSource {
+  private readonly marginMs: number;
+  private readonly waitMs: number;
+  private readonly leaseSeconds: number;
+
+  constructor(private readonly o: TokenManagerOptions) {
+    this.marginMs = o.marginMs ?? 10 * 60_000;
+    this.waitMs = o.waitMs ?? 15_000;
+    this.leaseSeconds = o.leaseSeconds ?? 30;
+  }
+
+  async read(): Promise<StoredTokens> {
+    let stored = await this.o.db.rpc<StoredTokens>('amocrm_get_tokens');
+    if (!stored.present && (await this.seed())) stored = await this.o.db.rpc<StoredTokens>('amocrm_get_tokens');
+    return stored;
+  }
+
+  async current(): Promise<AccessToken> {
+    const stored = await this.read();
+    const usable = this.usable(stored);
+    if (usable) return usable;
+    return this.refresh(stored.version!, 'expired');
+  }
+
+  async afterUnauthorized(used: AccessToken): Promise<AccessToken> {
+    const stored = await this.read();
+    if (stored.version !== used.version) {
+      const usable = this.usable(stored);
+      if (usable) return usable; // someone refreshed meanwhile
+    }
+    if (stored.kind === 'long_lived') {
+      await this.breakChain('long_lived_rejected', 'amoCRM отклонил долгосрочный токен (401)',
+        'выпустите новый долгосрочный токен в настройках интеграции и сохраните его: npm run amocrm -- store-long-lived <токен>', false);
+    }
+    return this.refresh(stored.version!, 'unauthorized');
+  }
+
+  /** Refreshes now (scheduled upkeep, `npm run amocrm -- refresh`), whatever the expiry. */
+  async forceRefresh(): Promise<AccessToken> {
+    const stored = await this.read();
+    this.assertChainUsable(stored);
+    return this.refresh(stored.version!, 'forced');
+  }
+
+  /** Refreshes if the token expires within `withinMs` (the scheduled run's upkeep). */
+  async refreshIfExpiringWithin(withinMs: number): Promise<{ refreshed: boolean; expiresAt?: string | null }> {
+    const stored = await this.read();
+    this.assertChainUsable(stored);
+    if (stored.kind !== 'oauth') return { refreshed: false, expiresAt: stored.expires_at };
+    const left = stored.expires_at ? Date.parse(stored.expires_at) - this.o.clock.now() : -1;
+    if (left > withinMs) return { refreshed: false, expiresAt: stored.expires_at };
+    await this.refresh(stored.version!, left <= 0 ? 'expired' : 'upkeep');
+    return { refreshed: true, expiresAt: (await this.read()).expires_at };
+  }
+
+  private usable(stored: StoredTokens): AccessToken | undefined {
+    this.assertChainUsable(stored);
+    const left = stored.expires_at ? Date.parse(stored.expires_at) - this.o.clock.now() : Infinity;
+    if (stored.kind === 'long_lived') {
+      if (left <= 0) {
+        throw needsOperator('long_lived_expired', `срок долгосрочного токена истёк ${stored.expires_at}`,
+          'выпустите новый долгосрочный токен и сохраните его: npm run amocrm -- store-long-lived <токен>');
+      }
+      return { accessToken: stored.access_token!, version: stored.version! };
+    }
+    if (left > this.marginMs) return { accessToken: stored.access_token!, version: stored.version! };
+    return undefined;
+  }
+
+  private assertChainUsable(stored: StoredTokens): void {
+    if (!stored.present) {
+      throw needsOperator('no_tokens', 'в system_settings нет токенов amoCRM',
+        `${REAUTH_HINT} (или задайте AMOCRM_ACCESS_TOKEN/AMOCRM_REFRESH_TOKEN для первого запуска)`);
+    }
+    if (stored.auth_state === 'needs_reauth') {
+      throw needsOperator('needs_reauth', `цепочка токенов прервана: ${stored.auth_problem ?? 'токен отозван'}`, REAUTH_HINT);
+    }
+  }
+
+  private async seed(): Promise<boolean> {
+    const { seed, db, clock } = this.o;
+    if (seed?.longLivedToken) {
+      const expiresAt = jwtExpiry(seed.longLivedToken) ?? null;
+      const r = await db.rpc<{ seeded: boolean }>('amocrm_seed_tokens', {
+        p_kind: 'long_lived', p_access_token: seed.longLivedToken, p_refresh_token: null, p_expires_at: expiresAt,
+      });
+      return r.seeded;
+    }
+    if (seed?.refreshToken) {
+      // Without a known expiry, treat the seeded access token as expired: the first use refreshes.
+      const expiresAt = (seed.accessToken && jwtExpiry(seed.accessToken)) || new Date(clock.now() - 1000);
+      const r = await db.rpc<{ seeded: boolean }>('amocrm_seed_tokens', {
+        p_kind: 'oauth', p_access_token: seed.accessToken ?? '', p_refresh_token: seed.refreshToken, p_expires_at: expiresAt,
+      });
+      return r.seeded;
+    }
+    return false;
+  }
+
+  private async refresh(seenVersion: number, reason: 'expired' | 'unauthorized' | 'upkeep' | 'forced'): Promise<AccessToken> {
+    const { db, clock, log, holder } = this.o;
+    const deadline = clock.now() + this.waitMs;
+    while (true) {
+      const lease = await db.rpc<{ acquired: boolean; version: number; refresh_token?: string; kind?: string; auth_state?: string }>(
+        'amocrm_begin_refresh', { p_holder: holder, p_lease_seconds: this.leaseSeconds });
+
+      if (lease.acquired) {
+        if (lease.version !== seenVersion) {
+          // Another invocation refreshed between our read and our lease: use its token.
+          await db.rpc('amocrm_abort_refresh', { p_holder: holder });
+          const fresh = this.usable(await this.read());
+          if (fresh) return fresh;
+          seenVersion = lease.version;
+          continue;
+        }
+        if (reason === 'expired' || reason === 'unauthorized') {
+          log.warn(reason === 'expired' ? 'Токен истёк, обновляю' : 'Токен истёк или отозван (401), обновляю', { version: seenVersion });
+        }
+        return this.refreshHoldingLease(lease.version, lease.refresh_token ?? '');
+      }
+
+      if (lease.kind !== 'oauth') throw needsOperator('no_refresh', 'долгосрочный токен не обновляется', 'выпустите новый долгосрочный токен');
+      if (lease.auth_state === 'needs_reauth') this.assertChainUsable(await this.read());
+      if (lease.version !== seenVersion) {
+        const fresh = this.usable(await this.read());
+        if (fresh) return fresh;
+        seenVersion = lease.version;
+      }
+      if (clock.now() > deadline) {
+        throw retryable('refresh_wait_timeout', 'не дождались обновления токена другим запуском');
+      }
+      await clock.sleep(100 + Math.floor(Math.random() * 150));
+    }
+  }
+
+  private async refreshHoldingLease(version: number, refreshToken: string): Promise<AccessToken> {
+    const { db, oauth, log, holder } = this.o;
+    let pair: TokenPair;
+    try {
+      pair = await oauth.exchange({ refreshToken });
+    } catch (err) {
+      const error = err instanceof AmoError ? err : retryable('refresh_failed', String(err));
+      if (error.kind === 'operator') {
+        // Before calling the chain broken, re-read: another worker may have refreshed it.
+        const now = await this.read();
+        if (now.version !== version) {
+          await db.rpc('amocrm_abort_refresh', { p_holder: holder });
+          const fresh = this.usable(now);
+          if (fresh) return fresh;
+        }
+        await this.breakChain(error.code, error.message, error.details.whatToDo ?? REAUTH_HINT, true);
+      }
+      // Network/5xx: the lease goes back; amoCRM keeps the old refresh token valid until
+      // the new pair is first used, so the next attempt can still complete the rotation.
+      await db.rpc('amocrm_abort_refresh', { p_holder: holder });
+      throw error;
+    }
+    const stored = await this.storeRotated(version, pair);
+    log.ok('Токены успешно обновлены', { expires_at: pair.expiresAt.toISOString(), version: stored });
+    return { accessToken: pair.accessToken, version: stored };
+  }
+
+  /** Stores the rotated pair, retrying a failed write: losing it would break the chain. */
+  private async storeRotated(version: number, pair: TokenPair): Promise<number> {
+    const { db, clock, log, holder } = this.o;
+    let lastError: unknown;
+    for (const delay of [0, 200, 1000, 3000]) {
+      if (delay) await clock.sleep(delay);
+      try {
+        const r = await db.rpc<{ stored: boolean; version?: number }>('amocrm_finish_refresh', {
+          p_holder: holder, p_expected_version: version,
+          p_access_token: pair.accessToken, p_refresh_token: pair.refreshToken, p_expires_at: pair.expiresAt,
+        });
+        if (r.stored) return r.version!;
+        // Someone stored another pair since our lease began (our lease had expired).
+        log.fail('Новые токены не сохранены: цепочку уже обновил другой запуск', {
+          code: 'refresh_cas_conflict', what_to_do: 'если дальше появятся 401, авторизуйте интеграцию заново: npm run amocrm -- exchange-code <код>',
+        });
+        return version + 1;
+      } catch (err) {
+        lastError = err;
+      }
+    }
+    log.fail('Новые токены получены, но не сохранены в system_settings: цепочка прервётся', {
+      code: 'token_store_failed', error: String((lastError as Error)?.message ?? lastError),
+      what_to_do: 'проверьте базу (Supabase доступен?), затем авторизуйте интеграцию заново: npm run amocrm -- exchange-code <код>',
+    });
+    await db.rpc('amocrm_abort_refresh', { p_holder: holder, p_needs_reauth: true, p_problem: 'новые токены не сохранены' }).catch(() => undefined);
+    throw needsOperator('token_store_failed', 'новые токены не сохранены', REAUTH_HINT);
+  }
+
+  private async breakChain(code: string, problem: string, whatToDo: string, holdingLease: boolean): Promise<never> {
+    const { db, log, holder } = this.o;
+    const r = holdingLease
+      ? await db.rpc<{ became_broken: boolean }>('amocrm_abort_refresh', { p_holder: holder, p_needs_reauth: true, p_problem: problem })
+      : await db.rpc<{ became_broken: boolean }>('amocrm_mark_needs_reauth', { p_problem: problem });
+    // One line for the operator, not one per event: only the caller that broke the chain logs.
+    if (r.became_broken) log.fail(`Цепочка токенов прервана: ${problem}`, { code, what_to_do: whatToDo });
+    throw needsOperator(code, problem, whatToDo);
+  }
+}

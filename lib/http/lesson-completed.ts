@@ -1,0 +1,58 @@
+// POST /api/amocrm/lesson-completed — the doorbell pg_net rings after a student's lesson
+// completion commits (or a Database Webhook created in the Supabase dashboard).
+import type { Runtime } from '../runtime.ts';
+import { deliverEvent, type DeliveryResult } from '../sync/process-event.ts';
+import { isCompleted, parseJson, parseWebhookBody, readBody } from '../webhook/payload.ts';
+import { verifyWebhook } from '../webhook/verify.ts';
+import { errorResponse, failureResponse, json } from './respond.ts';
+
+export const BODY_LIMIT_BYTES = 256 * 1024;
+/** How long a webhook invocation may queue for an amoCRM slot before leaving the event to the scheduled run. */
+export const WEBHOOK_MAX_SLOT_WAIT_MS = 3000;
+
+const STATUS_BY_OUTCOME: Record<string, number> = {
+  done: 200, skipped: 200, retry: 202, deferred: 202, parked: 202, failed: 422, dead: 422,
+};
+
+export async function handleLessonCompleted(req: Request, runtime: () => Promise<Runtime>): Promise<Response> {
+  try {
+    if (req.method !== 'POST') return errorResponse(405, 'use POST with the webhook body', { allow: 'POST' });
+    const text = await readBody(req, BODY_LIMIT_BYTES);
+    const rt = await runtime();
+    verifyWebhook(req.headers, text, rt.config.webhookSecret, Math.floor(rt.clock.now() / 1000));
+    const body = parseWebhookBody(parseJson(text));
+    const record = body.record!;
+
+    let eventId = body.event_id;
+    if (eventId === undefined) {
+      // A plain Database Webhook: record the event ourselves, idempotently.
+      if (!isCompleted(record) || (body.type === 'UPDATE' && isCompleted(body.old_record))) {
+        return json(200, { ok: true, outcome: 'ignored', reason: 'not a new completion' });
+      }
+      const recorded = await rt.db.rpc<{ tripwire: boolean; event_id?: number }>('amocrm_record_event', {
+        p_user_id: record.user_id, p_lesson_id: record.lesson_id,
+        p_progress_id: record.id === undefined ? undefined : String(record.id), p_source: 'webhook',
+      });
+      if (!recorded.tripwire) return json(200, { ok: true, outcome: 'ignored', reason: `lesson ${record.lesson_id} is not a Tripwire lesson` });
+      eventId = recorded.event_id!;
+    }
+
+    const inv = rt.invocation(WEBHOOK_MAX_SLOT_WAIT_MS);
+    return deliveryResponse(eventId, await deliverEvent(inv.sync, eventId, inv.holder));
+  } catch (err) {
+    return failureResponse(err);
+  }
+}
+
+function deliveryResponse(eventId: number, result: DeliveryResult): Response {
+  if (!result.claimed) {
+    if (result.reason === 'not_found') return errorResponse(404, `event ${eventId} does not exist in amocrm.sync_events`);
+    return json(200, { ok: true, event_id: eventId, outcome: 'duplicate', reason: result.reason, event_status: result.eventStatus });
+  }
+  const o = result.outcome;
+  return json(STATUS_BY_OUTCOME[o.status] ?? 200, {
+    ok: o.status === 'done' || o.status === 'skipped',
+    event_id: eventId, outcome: o.status, moved: o.moved, lead_id: o.leadId, status_id: o.statusId,
+    code: o.code, message: o.message, retry_in_ms: o.retryInMs,
+  });
+}

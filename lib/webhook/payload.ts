@@ -1,0 +1,72 @@
+// The body the webhook accepts: Supabase's Database Webhook shape {type, table, schema,
+// record, old_record}, plus event_id when our trigger sent it.
+import { z } from 'zod';
+
+const PG_INT_MAX = 2_147_483_647;
+
+const progressRecord = z.looseObject({
+  id: z.union([z.string().max(100), z.number().int()]).optional(),
+  user_id: z.uuid({ message: 'must be the student\'s auth.users id (a UUID)' }),
+  lesson_id: z.number({ message: 'must be a number' }).int('must be an integer').positive('must be positive').max(PG_INT_MAX, 'is too large'),
+});
+
+export const webhookBodySchema = z.object({
+  type: z.enum(['INSERT', 'UPDATE', 'DELETE'], { message: 'must be INSERT, UPDATE or DELETE' }),
+  table: z.string().max(100),
+  schema: z.string().max(100),
+  record: progressRecord.nullable(),
+  old_record: z.looseObject({}).nullable().optional(),
+  event_id: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).optional(),
+});
+
+export type WebhookBody = z.infer<typeof webhookBodySchema>;
+
+export class PayloadError extends Error {
+  override readonly name = 'PayloadError';
+  constructor(message: string, readonly status: 400 | 413 | 422 = 400) {
+    super(message);
+  }
+}
+
+/** The same completion rule as amocrm.row_is_completed in SQL. */
+export function isCompleted(row: Record<string, unknown> | null | undefined): boolean {
+  if (!row) return false;
+  if ('is_completed' in row) return row.is_completed === true;
+  if ('completed' in row) return row.completed === true;
+  if ('completed_at' in row) return row.completed_at !== null && row.completed_at !== undefined;
+  return true;
+}
+
+export function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new PayloadError('body is not valid JSON');
+  }
+}
+
+export function parseWebhookBody(value: unknown): WebhookBody {
+  const result = webhookBodySchema.safeParse(value);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const field = issue.path.length ? issue.path.join('.') : 'body';
+    throw new PayloadError(`${field}: ${issue.message}`);
+  }
+  const body = result.data;
+  if (body.schema !== 'public' || body.table !== 'lesson_progress') {
+    throw new PayloadError(`table: expected public.lesson_progress, got ${body.schema}.${body.table}: point this webhook at lesson_progress`, 422);
+  }
+  if (body.type === 'DELETE' || !body.record) {
+    throw new PayloadError('type: a DELETE is not a lesson completion: configure the webhook for INSERT and UPDATE only', 422);
+  }
+  return body;
+}
+
+/** Reads the body with a size limit (Netlify buffers up to 6 MB; ours are ~1 KB). */
+export async function readBody(req: Request, limitBytes: number): Promise<string> {
+  const declared = Number(req.headers.get('content-length'));
+  if (Number.isFinite(declared) && declared > limitBytes) throw new PayloadError(`body larger than ${limitBytes} bytes`, 413);
+  const text = await req.text();
+  if (Buffer.byteLength(text) > limitBytes) throw new PayloadError(`body larger than ${limitBytes} bytes`, 413);
+  return text;
+}
