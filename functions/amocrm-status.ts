@@ -1,0 +1,8 @@
+// Netlify transport for the status page; the logic lives in lib/.
+import type { Config } from '@netlify/functions';
+import { handleStatus } from '../lib/http/status.ts';
+import { runtimeFromEnv } from '../lib/runtime.ts';
+
+export default (req: Request) => handleStatus(req, runtimeFromEnv);
+
+export const config: Config = { path: '/api/amocrm/status' };

@@ -1,0 +1,23 @@
+// The operator endpoints (replay, status) take AMOCRM_REPLAY_TOKEN as a Bearer token, or
+// as the password of HTTP Basic auth so a browser can open the status page.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { bearerMatches } from '../webhook/verify.ts';
+import { errorResponse } from './respond.ts';
+
+function basicMatches(headers: Headers, token: string): boolean {
+  const encoded = /^Basic\s+(.+)$/i.exec(headers.get('authorization') ?? '')?.[1];
+  if (!encoded) return false;
+  const password = Buffer.from(encoded, 'base64').toString('utf8').split(':').slice(1).join(':');
+  const a = createHash('sha256').update(password).digest();
+  const b = createHash('sha256').update(token).digest();
+  return timingSafeEqual(a, b);
+}
+
+/** null when authorized, else the 401/503 answer to return. */
+export function operatorAuthFailure(req: Request, token: string | undefined, browser = false): Response | null {
+  if (!token) return errorResponse(503, 'AMOCRM_REPLAY_TOKEN is not set: set it in the Netlify environment (Functions scope) to use this endpoint');
+  if (bearerMatches(req.headers, token) || (browser && basicMatches(req.headers, token))) return null;
+  const res = errorResponse(401, 'missing or wrong token: send Authorization: Bearer <AMOCRM_REPLAY_TOKEN>');
+  res.headers.set('www-authenticate', browser ? 'Basic realm="amocrm-sync status", charset="UTF-8"' : 'Bearer');
+  return res;
+}

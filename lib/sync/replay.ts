@@ -1,0 +1,81 @@
+// Replay: run chosen events again, idempotently (forward-only moves; a done event is not
+// redone unless `force`). Bounded by a time budget: what does not fit is returned as a
+// cursor to continue from, never left half-done.
+import { z } from 'zod';
+import type { Runtime } from '../runtime.ts';
+import { deliverEvent } from './process-event.ts';
+
+const REPLAYABLE = ['failed', 'dead', 'parked', 'skipped'] as const;
+
+export const replayRequestSchema = z
+  .strictObject({
+    ids: z.array(z.number().int().positive().max(Number.MAX_SAFE_INTEGER), { message: 'must be an array of event ids (positive integers)' })
+      .min(1, 'must name at least one event').max(500, 'at most 500 ids per call').optional(),
+    status: z.enum([...REPLAYABLE, 'done'], { message: `must be one of ${[...REPLAYABLE, 'done'].join(', ')}` }).optional(),
+    from: z.iso.datetime({ offset: true, message: 'must be an ISO timestamp, e.g. 2026-11-24T00:00:00Z' }).optional(),
+    to: z.iso.datetime({ offset: true, message: 'must be an ISO timestamp, e.g. 2026-11-25T00:00:00Z' }).optional(),
+    limit: z.number().int().min(1).max(500).default(50),
+    dryRun: z.boolean().default(false),
+    force: z.boolean({ message: 'must be true or false' }).default(false),
+    afterId: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
+  })
+  .refine((b) => Boolean(b.ids) !== Boolean(b.status), { message: 'give either ids or status (not both)', path: ['ids'] })
+  .refine((b) => b.status !== 'done' || b.force, { message: 'replaying done events needs "force": true', path: ['status'] })
+  .refine((b) => !b.from || !b.to || Date.parse(b.from) < Date.parse(b.to), { message: 'must be after from', path: ['to'] });
+
+export type ReplayRequest = z.infer<typeof replayRequestSchema>;
+
+export interface ReplayResultItem {
+  id: number;
+  before: string;
+  outcome: string;
+  lead_id?: number;
+  code?: string;
+  message?: string;
+}
+
+export interface ReplayResult {
+  dryRun: boolean;
+  selected: number;
+  results: ReplayResultItem[];
+  complete: boolean;
+  /** Present when more events match: send the same request with these fields to continue. */
+  next?: { afterId: number };
+}
+
+interface SelectedEvent { id: number; status: string; email: string; lesson_id: number; last_error_code: string | null; last_error: string | null }
+
+export async function runReplay(rt: Runtime, req: ReplayRequest, budgetMs = 40_000): Promise<ReplayResult> {
+  const started = rt.clock.now();
+  const statuses = req.status ? [req.status] : [...REPLAYABLE, 'pending', ...(req.force ? ['done'] : [])];
+  const selected = await rt.db.rpc<SelectedEvent[]>('amocrm_select_events', {
+    p_ids: req.ids, p_statuses: req.ids ? null : statuses, p_from: req.from, p_to: req.to,
+    p_after_id: req.afterId, p_limit: req.limit,
+  });
+  const mayHaveMore = !req.ids && selected.length === req.limit;
+  const last = selected.at(-1)?.id ?? req.afterId;
+
+  if (req.dryRun) {
+    return {
+      dryRun: true, selected: selected.length, complete: !mayHaveMore,
+      ...(mayHaveMore ? { next: { afterId: last } } : {}),
+      results: selected.map((e) => ({
+        id: e.id, before: e.status, code: e.last_error_code ?? undefined, message: e.last_error ?? undefined,
+        outcome: statuses.includes(e.status) ? 'would_replay' : `not_replayable: ${e.status}${e.status === 'done' ? ' (send "force": true to redo)' : ''}`,
+      })),
+    };
+  }
+
+  const inv = rt.invocation(3_000);
+  const results: ReplayResultItem[] = [];
+  for (const event of selected) {
+    if (rt.clock.now() - started > budgetMs) {
+      return { dryRun: false, selected: selected.length, results, complete: false, next: { afterId: results.at(-1)?.id ?? req.afterId } };
+    }
+    const delivered = await deliverEvent(inv.sync, event.id, inv.holder, statuses);
+    results.push(delivered.claimed
+      ? { id: event.id, before: event.status, outcome: delivered.outcome.status, lead_id: delivered.outcome.leadId, code: delivered.outcome.code, message: delivered.outcome.message }
+      : { id: event.id, before: event.status, outcome: 'not_replayed', message: delivered.reason === 'in_flight' ? 'being processed right now' : `status ${delivered.eventStatus}${delivered.eventStatus === 'done' ? ': send "force": true to redo' : ''}` });
+  }
+  return { dryRun: false, selected: selected.length, results, complete: !mayHaveMore, ...(mayHaveMore ? { next: { afterId: last } } : {}) };
+}

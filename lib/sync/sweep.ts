@@ -1,0 +1,89 @@
+// The scheduled run: keeps the token chain alive, brings back what was missed, and drains
+// due events (webhook never arrived, retryable failures whose time has come, leases of
+// killed invocations) within its time budget, leaving the rest for the next run.
+import type { Runtime } from '../runtime.ts';
+import { AmoError } from '../amocrm/errors.ts';
+import type { AmoResources } from '../amocrm/resources.ts';
+import { processClaimedEvent, type ClaimedEvent, type OutcomeStatus } from './process-event.ts';
+
+export interface SweepOptions {
+  /** Netlify stops a scheduled function at 30 s; stop starting work well before. */
+  budgetMs?: number;
+  /** Events processed side by side (the shared rate limit keeps the total pace). */
+  concurrency?: number;
+  /** Refresh the access token when it expires within this long (keeps ≥ 1 refresh a day). */
+  upkeepWithinMs?: number;
+  /** Don't start an event with less than this left. */
+  reserveMs?: number;
+}
+
+export interface SweepReport {
+  tokenRefreshed: boolean;
+  reconciled: number;
+  resumed: number;
+  claimed: number;
+  outcomes: Partial<Record<OutcomeStatus, number>>;
+  released: number;
+  stoppedBy: 'empty' | 'budget';
+  elapsedMs: number;
+}
+
+export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise<SweepReport> {
+  const { budgetMs = 22_000, concurrency = 4, upkeepWithinMs = 6 * 3600_000, reserveMs = 6_000 } = options;
+  const { db, clock, log } = rt;
+  const started = clock.now();
+  const left = () => budgetMs - (clock.now() - started);
+  const inv = rt.invocation(Math.min(5_000, Math.max(500, budgetMs - reserveMs)));
+  const report: SweepReport = { tokenRefreshed: false, reconciled: 0, resumed: 0, claimed: 0, outcomes: {}, released: 0, stoppedBy: 'empty', elapsedMs: 0 };
+
+  let chainOk = true;
+  try {
+    report.tokenRefreshed = (await inv.tokens.refreshIfExpiringWithin(upkeepWithinMs)).refreshed;
+  } catch (err) {
+    chainOk = !(err instanceof AmoError && err.kind === 'operator');
+    if (!(err instanceof AmoError)) log.fail('Плановое обновление токена не удалось', { error: String((err as Error).message) });
+  }
+
+  report.reconciled = (await db.rpc<{ created: number }>('amocrm_reconcile', {})).created;
+  if (report.reconciled > 0) log.warn('Найдены завершения уроков без событий: события созданы', { created: report.reconciled });
+
+  if (chainOk) report.resumed = await resumeAccountParked(rt, inv.amo);
+
+  while (left() > reserveMs) {
+    const batch = await db.rpc<ClaimedEvent[]>('amocrm_claim_due', { p_holder: inv.holder, p_limit: concurrency * 2, p_lease_seconds: 90 });
+    if (batch.length === 0) break;
+    report.claimed += batch.length;
+    const queue = [...batch];
+    await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, async () => {
+      for (let event = queue.shift(); event; event = queue.shift()) {
+        if (left() <= reserveMs) {
+          // Out of time: give the claim back untouched (no attempt counted).
+          await db.rpc('amocrm_finish_event', { p_event_id: event.id, p_holder: inv.holder, p_outcome: 'deferred', p_retry_in_ms: 0 });
+          report.released++;
+          continue;
+        }
+        const outcome = await processClaimedEvent(inv.sync, event, inv.holder);
+        report.outcomes[outcome.status] = (report.outcomes[outcome.status] ?? 0) + 1;
+      }
+    }));
+  }
+  report.stoppedBy = left() > reserveMs ? 'empty' : 'budget';
+  report.elapsedMs = clock.now() - started;
+  return report;
+}
+
+/** Events parked because amoCRM refused the account (402/403) come back once it answers. */
+async function resumeAccountParked(rt: Runtime, amo: AmoResources): Promise<number> {
+  const status = await rt.db.rpc<{ counts: Record<string, number> }>('amocrm_status', { p_failures: 0 });
+  if (!status.counts.parked) return 0;
+  try {
+    await amo.getAccount();
+  } catch {
+    return 0; // still refused: the parked events wait, their ❌ line was logged once
+  }
+  const { resumed } = await rt.db.rpc<{ resumed: number }>('amocrm_resume_parked', {
+    p_codes: ['payment_required', 'account_blocked', 'unauthorized', 'oauth_not_configured'],
+  });
+  if (resumed) rt.log.ok('amoCRM снова отвечает: отложенные события возвращены в очередь', { resumed });
+  return resumed;
+}
