@@ -239,12 +239,17 @@ export class TokenManager implements TokenSource {
         lastError = err;
       }
     }
+    // amoCRM has rotated: the stored refresh token is dead and the new pair exists only in
+    // this process. Best possible outcome: finish this invocation's work with the new
+    // access token, mark the chain for re-authorization (if the database takes the write),
+    // and tell the operator once, clearly. The token itself is never logged.
     log.fail('Новые токены получены, но не сохранены в system_settings: цепочка прервётся', {
-      code: 'token_store_failed', error: String((lastError as Error)?.message ?? lastError),
+      code: 'token_store_failed', error: String((lastError as Error)?.message ?? lastError).slice(0, 200),
       what_to_do: 'проверьте базу (Supabase доступен?), затем авторизуйте интеграцию заново: npm run amocrm -- exchange-code <код>',
     });
-    await db.rpc('amocrm_abort_refresh', { p_holder: holder, p_needs_reauth: true, p_problem: 'новые токены не сохранены' }).catch(() => undefined);
-    throw needsOperator('token_store_failed', 'новые токены не сохранены', REAUTH_HINT);
+    await db.rpc('amocrm_abort_refresh', { p_holder: holder, p_needs_reauth: true, p_problem: 'новые токены не сохранены (ошибка записи в базу)' })
+      .catch(() => undefined);
+    return version + 1;
   }
 
   private async breakChain(code: string, problem: string, whatToDo: string, holdingLease: boolean): Promise<never> {

@@ -24,7 +24,7 @@ export function pgliteDb(pg: PGlite, role: string = RPC_ROLE): Db {
   };
 }
 
-/** The pool's connections switch to service_role when they open (see poolForRpc). */
+/** The pool's connections run as service_role (see poolForRpc). */
 export function pgPoolDb(pool: Pool): Db {
   return {
     async rpc<T>(fn: string, args?: RpcArgs): Promise<T> {
@@ -41,11 +41,8 @@ export function pgPoolDb(pool: Pool): Db {
 
 export async function poolForRpc(connectionString: string, max = 10, role: string = RPC_ROLE): Promise<Pool> {
   const { default: pg } = await import('pg');
-  const pool = new pg.Pool({ connectionString, max });
-  pool.on('connect', (client) => {
-    client.query(`set role ${role}`).catch(() => undefined);
-  });
-  return pool;
+  // The role is a startup option, so every connection is service_role from its first query.
+  return new pg.Pool({ connectionString, max, options: `-c role=${role}` });
 }
 
 function asDbError(fn: string, err: unknown): DbError {

@@ -56,7 +56,7 @@ export async function deliverEvent(
   deps: SyncDeps,
   eventId: number,
   holder: string,
-  statuses: string[] = ['pending', 'failed'],
+  statuses: string[] = ['pending'],
 ): Promise<DeliveryResult> {
   const claim = await deps.db.rpc<{ claimed: boolean; reason?: 'not_found' | 'in_flight' | 'status'; event?: ClaimedEvent }>(
     'amocrm_claim_event', { p_event_id: eventId, p_holder: holder, p_lease_seconds: 90, p_statuses: statuses });

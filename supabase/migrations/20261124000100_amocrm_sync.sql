@@ -276,10 +276,12 @@ end $$;
 
 -- Claims one event for this invocation with a lease. Only events in p_statuses (or a
 -- processing event whose lease expired) can be claimed; anything else answers why not,
--- so a duplicate delivery of a done or in-flight event does no second amoCRM work.
+-- so a duplicate delivery of a done, failed or in-flight event does no second amoCRM
+-- work. The webhook claims pending events only: failed ones belong to the scheduled run
+-- (when due) and to replay, which pass their statuses explicitly.
 create or replace function public.amocrm_claim_event(
   p_event_id bigint, p_holder text, p_lease_seconds integer default 60,
-  p_statuses text[] default array['pending','failed'])
+  p_statuses text[] default array['pending'])
 returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
@@ -508,7 +510,7 @@ begin
                       else t.value end,
          updated_at = now()
    where t.key = 'amocrm_tokens' and (t.lease_holder = p_holder or p_needs_reauth);
-  return jsonb_build_object('became_broken', p_needs_reauth and v_before = 'ok');
+  return jsonb_build_object('became_broken', coalesce(p_needs_reauth and v_before = 'ok', false));
 end $$;
 
 -- Marks the chain broken without holding the lease (a long-lived token rejected with 401).
@@ -524,7 +526,7 @@ begin
      set value = t.value || jsonb_build_object('auth_state', 'needs_reauth', 'auth_problem', p_problem),
          updated_at = now()
    where t.key = 'amocrm_tokens';
-  return jsonb_build_object('became_broken', v_before = 'ok');
+  return jsonb_build_object('became_broken', coalesce(v_before = 'ok', false));
 end $$;
 
 -- Stores a fresh pair from an operator (authorization code exchange, new long-lived
@@ -567,15 +569,27 @@ create or replace function public.amocrm_take_rate_slot(
 returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
-  v_now  timestamptz := clock_timestamp();
+  v_now  timestamptz;
+  v_next timestamptz;
   v_slot timestamptz;
   v_wait numeric;
 begin
   if p_per_second is null or p_per_second <= 0 then
     raise exception 'p_per_second must be positive' using errcode = '22023';
   end if;
-  select greatest(r.next_free_at, v_now) into v_slot
+  select r.next_free_at into v_next
     from amocrm.rate_limiter r where r.key = 'amocrm' for update;
+  if not found then
+    -- The row is created by this migration; if someone deleted it, recreate it rather
+    -- than hand out unlimited slots.
+    insert into amocrm.rate_limiter (key) values ('amocrm') on conflict (key) do nothing;
+    select r.next_free_at into v_next from amocrm.rate_limiter r where r.key = 'amocrm' for update;
+  end if;
+  -- Read the clock only once the row lock is ours: a caller that queued behind others
+  -- must measure its wait from when it gets its answer, not from when it started waiting
+  -- (a stale clock overstates the wait and lets requests start closer than 1/rate).
+  v_now  := clock_timestamp();
+  v_slot := greatest(v_next, v_now);
   v_wait := extract(epoch from (v_slot - v_now)) * 1000;
   if v_wait > p_max_wait_ms then
     return jsonb_build_object('granted', false, 'wait_ms', ceil(v_wait));
