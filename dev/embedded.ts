@@ -83,7 +83,7 @@ export async function startEmbedded(options: EmbeddedOptions = {}): Promise<Embe
   await pg.query(`insert into amocrm.system_settings (key, value) values
       ('webhook_url', to_jsonb($1::text)), ('webhook_secret', to_jsonb($2::text))
     on conflict (key) do update set value = excluded.value`, [`${server.url}/api/amocrm/lesson-completed`, LOCAL.webhookSecret]);
-  const worker = startPgNetWorker(pg);
+  const worker = startPgNetWorker(async (text, params) => (await pg.query<any>(text, params)).rows);
 
   let nextId = 1;
   return {

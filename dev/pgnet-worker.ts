@@ -1,9 +1,11 @@
 // The embedded default's pg_net: sends what the trigger queued in net.http_request_queue
 // after commit, each request once, concurrently, never retried — as pg_net does — and
 // records the answer in net._http_response.
-import type { PGlite } from '@electric-sql/pglite';
 
-export function startPgNetWorker(pg: PGlite, intervalMs = 25): { stop(): Promise<void>; idle(): Promise<void> } {
+/** Runs one SQL statement as the database owner (PGlite's query, or a pg pool's). */
+export type SqlRunner = (text: string, params?: unknown[]) => Promise<any[]>;
+
+export function startPgNetWorker(query: SqlRunner, intervalMs = 25): { stop(): Promise<void>; idle(): Promise<void> } {
   let stopped = false;
   const inFlight = new Set<Promise<void>>();
 
@@ -25,7 +27,7 @@ export function startPgNetWorker(pg: PGlite, intervalMs = 25): { stop(): Promise
       timedOut = (err as Error).name === 'TimeoutError';
       error = String((err as Error).message ?? err);
     }
-    await pg.query(
+    await query(
       'insert into net._http_response (id, status_code, content, timed_out, error_msg) values ($1, $2, $3, $4, $5) on conflict (id) do nothing',
       [row.id, status, content, timedOut, error],
     );
@@ -33,7 +35,7 @@ export function startPgNetWorker(pg: PGlite, intervalMs = 25): { stop(): Promise
 
   const loop = (async () => {
     while (!stopped) {
-      const { rows } = await pg.query<any>('delete from net.http_request_queue returning id, url, headers, body, timeout_milliseconds');
+      const rows = await query('delete from net.http_request_queue returning id, url, headers, body, timeout_milliseconds');
       for (const row of rows) {
         const p = send(row).finally(() => inFlight.delete(p));
         inFlight.add(p);

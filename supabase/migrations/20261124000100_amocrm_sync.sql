@@ -176,15 +176,21 @@ end $$;
 create or replace function amocrm.ring_webhook(p_event_id bigint, p_body jsonb) returns bigint
 language plpgsql security definer set search_path = '' as $$
 declare
-  v_url     text := amocrm.setting_text('webhook_url');
-  v_secret  text := amocrm.setting_text('webhook_secret');
-  v_timeout integer := coalesce(amocrm.setting_text('webhook_timeout_ms')::integer, 10000);
+  v_url     text;
+  v_secret  text;
+  v_timeout integer;
   v_msg_id  text := 'evt_' || p_event_id;
   v_ts      text := floor(extract(epoch from clock_timestamp()))::bigint::text;
   v_key     bytea;
   v_headers jsonb;
   v_request bigint;
 begin
+  -- One read for all three settings: this runs inside the student's INSERT.
+  select max(s.value #>> '{}') filter (where s.key = 'webhook_url'),
+         max(s.value #>> '{}') filter (where s.key = 'webhook_secret'),
+         coalesce(max((s.value #>> '{}')::integer) filter (where s.key = 'webhook_timeout_ms'), 10000)
+    into v_url, v_secret, v_timeout
+    from amocrm.system_settings s where s.key in ('webhook_url', 'webhook_secret', 'webhook_timeout_ms');
   if coalesce(v_url, '') = '' or coalesce(v_secret, '') = ''
      or to_regprocedure('net.http_post(text,jsonb,jsonb,jsonb,integer)') is null then
     return null;
@@ -239,10 +245,36 @@ begin
   return null;
 end $$;
 
-drop trigger if exists amocrm_lesson_completed on public.lesson_progress;
-create trigger amocrm_lesson_completed
-  after insert or update on public.lesson_progress
-  for each row execute function amocrm.on_lesson_progress();
+-- The trigger carries a WHEN clause with the Tripwire lesson ids, so a student's write of
+-- any other lesson never even enters PL/pgSQL: the check runs in the executor. The ids
+-- come from the tripwire_lessons setting; changing the setting re-creates the trigger.
+create or replace function amocrm.install_lesson_trigger() returns void
+language plpgsql security definer set search_path = '' as $$
+declare
+  v_lessons integer[];
+begin
+  select coalesce(array_agg(k::integer order by k::integer), '{}') into v_lessons
+    from amocrm.system_settings s, jsonb_object_keys(s.value) k where s.key = 'tripwire_lessons';
+  execute 'drop trigger if exists amocrm_lesson_completed on public.lesson_progress';
+  execute format('create trigger amocrm_lesson_completed after insert or update on public.lesson_progress '
+                 'for each row when (new.lesson_id = any (%L::integer[])) '
+                 'execute function amocrm.on_lesson_progress()', v_lessons);
+end $$;
+
+create or replace function amocrm.on_tripwire_setting() returns trigger
+language plpgsql security definer set search_path = '' as $$
+begin
+  perform amocrm.install_lesson_trigger();
+  return null;
+end $$;
+
+drop trigger if exists amocrm_tripwire_lessons_changed on amocrm.system_settings;
+create trigger amocrm_tripwire_lessons_changed
+  after insert or update of value on amocrm.system_settings
+  for each row when (new.key = 'tripwire_lessons')
+  execute function amocrm.on_tripwire_setting();
+
+select amocrm.install_lesson_trigger();
 
 -- The JSON an invocation gets when it claims an event.
 create or replace function amocrm.event_json(e amocrm.sync_events) returns jsonb
