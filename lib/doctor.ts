@@ -158,6 +158,18 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
         : `invalid (${p.message})`;
       add('fail', p.variable, detail, `${HINTS[p.variable] ?? 'fix the value'}; set it in ${NETLIFY_ENV}`);
     }
+    // zod runs the cross-field rules only once every field parses: report them now too,
+    // so one run lists every problem.
+    const alsoMissing: [string, string][] = [];
+    if (isBlank(raw.AMOCRM_BASE_URL) && isBlank(raw.AMOCRM_SUBDOMAIN)) alsoMissing.push(['AMOCRM_SUBDOMAIN', 'the part before .amocrm.ru / .kommo.com']);
+    if (isBlank(raw.AMOCRM_LONG_LIVED_TOKEN)) {
+      for (const v of OAUTH_VARS) if (isBlank(raw[v])) alsoMissing.push([v, 'required for OAuth (or set AMOCRM_LONG_LIVED_TOKEN for a private integration)']);
+    }
+    for (const [variable, why] of alsoMissing) {
+      if (badVars.has(variable)) continue;
+      badVars.add(variable);
+      add('fail', variable, `missing — ${why}`, `${HINTS[variable]}; set it in ${NETLIFY_ENV}`);
+    }
   }
   if (env) {
     const base = env.AMOCRM_BASE_URL ?? `https://${env.AMOCRM_SUBDOMAIN}.${env.AMOCRM_BASE_DOMAIN}`;
@@ -239,7 +251,7 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     }
   }
 
-  if (facts) checkDatabase(facts, raw, add);
+  if (facts) checkDatabase(facts, raw, add, Boolean(deps.requireSupabase));
   const tokensUsable = facts ? checkTokens(facts, raw, now, add) : false;
 
   // --- 5. amoCRM ------------------------------------------------------------------------------
@@ -261,7 +273,7 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
 
 type Add = (status: CheckStatus, check: string, detail: string, fix?: string) => void;
 
-function checkDatabase(facts: DoctorFacts, raw: Record<string, string | undefined>, add: Add): void {
+function checkDatabase(facts: DoctorFacts, raw: Record<string, string | undefined>, add: Add, deployed: boolean): void {
   // Migrations: schema, tables, functions.
   const m = facts.migrations;
   const missingTables = EXPECTED_TABLES.filter((t) => !m.tables.includes(t));
@@ -298,7 +310,8 @@ function checkDatabase(facts: DoctorFacts, raw: Record<string, string | undefine
   } else {
     const local = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$/i.test(w.url_host);
     const shown = `${w.url_scheme}://${w.url_host}${w.url_path ?? ''}`;
-    if (w.url_scheme !== 'https' && !local) add('warn', 'webhook URL', `${shown}: not https, the events travel unencrypted`);
+    if (local && deployed) add('warn', 'webhook URL', `${shown}: points at a local machine, the database cannot reach it; use the site URL https://<site>.netlify.app/api/amocrm/lesson-completed`);
+    else if (w.url_scheme !== 'https' && !local) add('warn', 'webhook URL', `${shown}: not https, the events travel unencrypted`);
     else if (!(w.url_path ?? '').endsWith('/api/amocrm/lesson-completed')) add('warn', 'webhook URL', `${shown}: the function is served at /api/amocrm/lesson-completed`);
     else add('ok', 'webhook URL', `${shown}${local ? ' (local)' : ''}`);
   }

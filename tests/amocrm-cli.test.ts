@@ -1,0 +1,226 @@
+// `npm run amocrm -- <command>` over the embedded stack: pipelines with the configured
+// stages marked, find-deal explaining an over-matching search, exchange-code storing the
+// first pair and resuming parked events, refresh rotating once, store-long-lived; and no
+// printed line ever carries a token.
+import { execFile } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LOCAL, startEmbedded, type Embedded } from '../dev/embedded.ts';
+import {
+  exchangeCodeCommand, findDealCommand, parseCliArgs, pipelinesCommand, refreshCommand, runAmocrmCommand,
+  storeLongLivedCommand, USAGE, type CommandContext, type CommandResult,
+} from '../lib/cli/amocrm-commands.ts';
+import { memoryLogger } from '../lib/log.ts';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const TOKEN_SHAPED = /standin-(?:at|rt)-[0-9a-f]+|standin-client-secret|eyJ[A-Za-z0-9_-]{8,}/;
+
+function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('AMOCRM_')));
+  return new Promise((resolve) => {
+    execFile('npx', ['tsx', 'scripts/amocrm.ts', ...args], { cwd: root, env, timeout: 90_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+describe('npm run amocrm', () => {
+  let app: Embedded;
+  let ctx: CommandContext;
+  /** Every token value the database has held during the test (and the client secret). */
+  const seen = new Set<string>();
+
+  const storedTokens = async () => {
+    const { rows } = await app.pg.query<{ kind: string; at: string; rt: string | null; version: string; expires_at: string | null }>(
+      `select value->>'kind' as kind, value->>'access_token' as at, value->>'refresh_token' as rt, version::text, value->>'expires_at' as expires_at
+         from amocrm.system_settings where key = 'amocrm_tokens'`);
+    const row = rows[0]!;
+    seen.add(row.at);
+    if (row.rt) seen.add(row.rt);
+    return { ...row, version: Number(row.version) };
+  };
+  /** No line carries a token value, the client secret or anything token-shaped. */
+  const expectClean = async (result: CommandResult) => {
+    await storedTokens();
+    const text = result.lines.join('\n');
+    expect(text.length).toBeGreaterThan(0);
+    for (const value of seen) expect(text).not.toContain(value);
+    expect(text).not.toMatch(TOKEN_SHAPED);
+  };
+
+  beforeAll(async () => {
+    app = await startEmbedded({ log: memoryLogger(), latencyMs: [0, 0] });
+    ctx = { db: app.db, env: app.env };
+    seen.add(app.env.AMOCRM_CLIENT_SECRET!);
+    await storedTokens();
+  });
+  afterAll(async () => {
+    await app?.close();
+  });
+
+  it('pipelines: every pipeline and stage with its id, the configured ones marked', async () => {
+    const result = await pipelinesCommand(ctx);
+    expect(result.exitCode).toBe(0);
+    const { lines } = result;
+    expect(lines).toContain(`pipeline ${LOCAL.pipelineId}  'Tripwire'   ← AMOCRM_PIPELINE_ID`);
+    expect(lines).toContain(`pipeline ${LOCAL.otherPipelineId}  'Партнёры'`);
+    expect(lines.find((l) => l.includes(String(LOCAL.stages.lesson2)))).toMatch(/^ {2}70012 +Урок 2 пройден {3}← AMOCRM_STAGE_LESSON_2$/);
+    expect(lines.find((l) => l.includes(String(LOCAL.stages.otherPipelineStage)))).toMatch(/^ {2}80001 +Новый партнёр$/);
+    expect(lines.filter((l) => l.includes('← AMOCRM_STAGE_LESSON_'))).toHaveLength(3);
+    expect(lines.at(-1)).toBe('✅ configured: pipeline \'Tripwire\' (7000001), stages 70011, 70012, 70013');
+    await expectClean(result);
+  });
+
+  it('pipelines works before the stage ids are known (that is what it is for)', async () => {
+    const env = { ...app.env, AMOCRM_PIPELINE_ID: '', AMOCRM_STAGE_LESSON_1: '', AMOCRM_STAGE_LESSON_2: '', AMOCRM_STAGE_LESSON_3: '' };
+    const result = await pipelinesCommand({ db: app.db, env });
+    expect(result.exitCode).toBe(0);
+    expect(result.lines.some((l) => l.includes('←'))).toBe(false);
+    expect(result.lines).toContain(`  ${String(LOCAL.stages.lesson1).padEnd(10)} Урок 1 пройден`);
+    expect(result.lines.at(-1)).toMatch(/^Set AMOCRM_PIPELINE_ID/);
+    // ...but not without the OAuth settings: a refresh with made-up credentials would break the chain.
+    const noOauth = await pipelinesCommand({ db: app.db, env: { ...env, AMOCRM_CLIENT_SECRET: '' } });
+    expect(noOauth.exitCode).toBe(1);
+    expect(noOauth.lines).toEqual([expect.stringMatching(/^❌ AMOCRM_CLIENT_SECRET: /)]);
+  });
+
+  it('find-deal explains an over-matching search: the exact contact is used, the look-alike ignored', async () => {
+    const maria = await app.addStudent('maria@cli.kz');
+    const decoy = await app.addStudent('anna.maria@cli.kz.example'); // contains maria@cli.kz
+    const result = await findDealCommand(ctx, '  Maria@CLI.kz ');
+    expect(result.exitCode).toBe(0);
+    expect(result.chosenLeadId).toBe(maria.leadId);
+    expect(result.exactContactIds).toEqual([maria.contactId]);
+    expect(result.ignoredContactIds).toEqual([decoy.contactId]);
+    const text = result.lines.join('\n');
+    expect(text).toContain('contact search returned 2 contact(s)');
+    expect(text).toContain(`✓ contact ${maria.contactId} 'maria' <maria@cli.kz>: exact e-mail match, deals ${maria.leadId}`);
+    expect(text).toContain(`✗ contact ${decoy.contactId} 'anna.maria' <anna.maria@cli.kz.example>: ignored, over-matched (no e-mail equal to maria@cli.kz)`);
+    expect(text).toMatch(new RegExp(`→ deal ${maria.leadId} 'Tripwire: maria@cli\\.kz': pipeline 7000001 'Tripwire', stage 70001 'Новая заявка'`));
+    expect(text).not.toContain(`deal ${decoy.leadId}`);
+    expect(result.lines.at(-1)).toBe(`✅ chosen deal ${maria.leadId} 'Tripwire: maria@cli.kz' (contact ${maria.contactId}): the only deal of the matching contact in the pipeline`);
+    await expectClean(result);
+
+    // The look-alike's own address finds only the look-alike.
+    const other = await findDealCommand(ctx, 'anna.maria@cli.kz.example');
+    expect(other.chosenLeadId).toBe(decoy.leadId);
+    expect(other.ignoredContactIds).toEqual([]);
+  });
+
+  it('find-deal says why there is none: no exact contact, or no deal in the pipeline', async () => {
+    const nobody = await findDealCommand(ctx, 'nobody@cli.kz');
+    expect(nobody.exitCode).toBe(1);
+    expect(nobody.chosenLeadId).toBeUndefined();
+    expect(nobody.lines.at(-1)).toMatch(/^❌ no deal: no contact holds exactly nobody@cli\.kz/);
+
+    const partner = await app.addStudent('partner@cli.kz');
+    app.amo.setLeadStatus(partner.leadId, LOCAL.stages.otherPipelineStage); // moved to the other pipeline
+    const moved = await findDealCommand(ctx, 'partner@cli.kz');
+    expect(moved.exitCode).toBe(1);
+    expect(moved.lines.join('\n')).toContain(`✗ deal ${partner.leadId} 'Tripwire: partner@cli.kz': pipeline 7000002 'Партнёры', stage 80001 'Новый партнёр'`);
+    expect(moved.lines.at(-1)).toBe(`❌ no deal: contact(s) ${partner.contactId} have no deal in pipeline 7000001 → create the deal in the Tripwire pipeline`);
+
+    expect((await findDealCommand(ctx, 'not-an-email')).exitCode).toBe(2);
+  });
+
+  it('exchange-code stores the first pair, resumes parked events, and the code is single use', async () => {
+    const student = await app.addStudent('parked@cli.kz');
+    const recorded = await app.db.rpc<{ event_id: number }>('amocrm_record_event', { p_user_id: student.userId, p_lesson_id: 67 });
+    await app.pg.query(`update amocrm.sync_events set status = 'parked', last_error_code = 'needs_reauth' where id = $1`, [recorded.event_id]);
+    await app.pg.query(`update amocrm.system_settings set value = value || '{"auth_state":"needs_reauth"}'::jsonb where key = 'amocrm_tokens'`);
+    const before = await storedTokens();
+
+    const code = app.amo.issueAuthCode();
+    const result = await exchangeCodeCommand(ctx, code);
+    expect(result.lines.join('\n')).not.toMatch(/❌|⚠️/);
+    expect(result.exitCode).toBe(0);
+    expect(result.resumedEvents).toBe(1);
+    const after = await storedTokens();
+    expect(after.version).toBe(before.version + 1);
+    expect(after.at).not.toBe(before.at);
+    expect(after.rt).not.toBe(before.rt);
+    const state = await app.pg.query<{ s: string }>(`select value->>'auth_state' as s from amocrm.system_settings where key = 'amocrm_tokens'`);
+    expect(state.rows[0]!.s).toBe('ok');
+    const event = await app.pg.query<{ status: string }>('select status from amocrm.sync_events where id = $1', [recorded.event_id]);
+    expect(event.rows[0]!.status).toBe('pending');
+    expect(result.lines[0]).toMatch(/^✅ tokens stored \(oauth, version \d+\): access token valid until \S+ \(in 24 h\)/);
+    expect(result.lines).toContain('✅ parked events resumed: 1 (back to pending; the webhook/scheduled run delivers them)');
+    expect(result.lines).toContain("✅ amoCRM answers with the new token: account 'Stand-in School' (standin)");
+    await expectClean(result);
+
+    const again = await exchangeCodeCommand(ctx, code);
+    expect(again.exitCode).toBe(1);
+    expect(again.lines[0]).toMatch(/^❌ .*auth_code_rejected/);
+    expect((await storedTokens()).version).toBe(after.version);
+    await expectClean(again);
+  });
+
+  it('refresh rotates the pair exactly once', async () => {
+    const before = await storedTokens();
+    const refreshes = app.amo.counts().refreshes;
+    const result = await refreshCommand(ctx);
+    expect(result.exitCode).toBe(0);
+    expect(app.amo.counts().refreshes).toBe(refreshes + 1);
+    const after = await storedTokens();
+    expect(after.version).toBe(before.version + 1);
+    expect(after.rt).not.toBe(before.rt);
+    expect(result.lines).toEqual([expect.stringMatching(new RegExp(`^✅ tokens refreshed: version ${before.version} → ${after.version}, access token valid until`))]);
+    await expectClean(result);
+  });
+
+  it('store-long-lived verifies and stores a long-lived token; refuses an expired or rejected one', async () => {
+    const expired = app.amo.issueLongLivedToken(-60);
+    const refused = await storeLongLivedCommand(ctx, expired);
+    expect(refused.exitCode).toBe(1);
+    expect(refused.lines[0]).toMatch(/^❌ this long-lived token expired/);
+    expect((await storedTokens()).kind).toBe('oauth');
+
+    const wrong = await storeLongLivedCommand(ctx, 'not-a-token-amocrm-knows');
+    expect(wrong.exitCode).toBe(1);
+    expect(wrong.lines[0]).toMatch(/^❌ amoCRM rejects this token \(401\): not stored/);
+    expect((await storedTokens()).kind).toBe('oauth');
+
+    const token = app.amo.issueLongLivedToken(365 * 86400);
+    const result = await storeLongLivedCommand(ctx, token);
+    expect(result.exitCode).toBe(0);
+    const stored = await storedTokens();
+    expect(stored).toMatchObject({ kind: 'long_lived', rt: null });
+    expect(Math.abs(Date.parse(stored.expires_at!) - (Date.now() + 365 * 86400_000))).toBeLessThan(120_000);
+    expect(result.lines[0]).toMatch(/^✅ long-lived token stored \(version \d+\): expires \S+ \(in 365 days\)/);
+    expect(result.lines).toContain("✅ amoCRM accepts it: account 'Stand-in School' (standin)");
+    for (const r of [refused, wrong, result]) {
+      const text = r.lines.join('\n');
+      expect(text).not.toContain(token);
+      expect(text).not.toContain(expired);
+      expect(text).not.toContain('not-a-token-amocrm-knows');
+    }
+    await expectClean(result);
+    // refresh has nothing to rotate for a long-lived token, and says so.
+    const refresh = await refreshCommand(ctx);
+    expect(refresh.exitCode).toBe(1);
+    expect(refresh.lines[0]).toMatch(/^❌ .*no_refresh/);
+  });
+
+  it('dispatch: unknown command or missing argument → usage, exit 2', async () => {
+    const unknown = await runAmocrmCommand(ctx, ['bogus']);
+    expect(unknown.exitCode).toBe(2);
+    expect(unknown.lines.join('\n')).toContain(USAGE);
+    expect((await runAmocrmCommand(ctx, ['find-deal'])).exitCode).toBe(2);
+    expect((await runAmocrmCommand(ctx, ['exchange-code'])).exitCode).toBe(2);
+    expect(parseCliArgs(['find-deal', 'a@b.kz', '--embedded', '--database-url', 'postgres://x/y'])).toEqual({
+      embedded: true, databaseUrl: 'postgres://x/y', args: ['find-deal', 'a@b.kz'],
+    });
+  });
+
+  it('the CLI: `tsx scripts/amocrm.ts pipelines --embedded` exits 0; an unknown command exits 2 with the usage', async () => {
+    const [ok, bad] = await Promise.all([runCli(['pipelines', '--embedded']), runCli(['bogus'])]);
+    expect(ok.stdout).toContain("pipeline 7000001  'Tripwire'   ← AMOCRM_PIPELINE_ID");
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).not.toMatch(TOKEN_SHAPED);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('unknown command: bogus');
+    expect(bad.stderr).toContain('Usage: npm run amocrm -- <command>');
+  }, 90_000);
+});

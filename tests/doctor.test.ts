@@ -1,0 +1,302 @@
+// `npm run doctor`: every check ✅ on the embedded default; each broken setting gives the
+// ❌ line that names it (and exit code 1); the database facts never carry a secret; the
+// real CLI exits 0 / 1 and prints nothing token-shaped.
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createPostgresDatabase } from '../dev/database.ts';
+import { LOCAL, startEmbedded, type Embedded } from '../dev/embedded.ts';
+import { exitCodeOf, formatCheck, runDoctor, type CheckResult, type DoctorFacts } from '../lib/doctor.ts';
+import { memoryLogger } from '../lib/log.ts';
+import { createTestDatabase, usingPostgres, type TestDatabase } from './helpers/db.ts';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const TOKEN_SHAPED = /standin-(?:at|rt)-[0-9a-f]+|standin-client-secret|local-demo-webhook-secret|eyJ[A-Za-z0-9_-]{8,}/;
+const ALL_CHECKS = [
+  'env', 'stage ids', 'OAuth', 'database', 'migrations', 'trigger', 'pg_net', 'webhook URL', 'webhook secret',
+  'lessons', 'RLS', 'outbox', 'tokens', 'amoCRM', 'pipeline',
+];
+
+const fails = (results: CheckResult[]) => results.filter((r) => r.status === 'fail');
+const find = (results: CheckResult[], check: string) => results.find((r) => r.check === check);
+const without = (env: Record<string, string>, key: string) => Object.fromEntries(Object.entries(env).filter(([k]) => k !== key));
+
+/** Runs a script with tsx as a child process; resolves with its exit code and output. */
+function runCli(args: string[], env: Record<string, string | undefined>): Promise<{ code: number; out: string }> {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('AMOCRM_')));
+  return new Promise((resolve) => {
+    execFile('npx', ['tsx', ...args], { cwd: root, env: { ...clean, ...env }, timeout: 90_000 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
+      resolve({ code, out: `${stdout}\n${stderr}` });
+    });
+  });
+}
+
+describe('doctor on the embedded stack', () => {
+  let app: Embedded;
+  let secrets: string[];
+
+  beforeAll(async () => {
+    app = await startEmbedded({ log: memoryLogger(), latencyMs: [0, 0] });
+    const { rows } = await app.pg.query<{ at: string; rt: string }>(
+      `select value->>'access_token' as at, value->>'refresh_token' as rt from amocrm.system_settings where key = 'amocrm_tokens'`);
+    secrets = [rows[0]!.at, rows[0]!.rt, app.env.AMOCRM_CLIENT_SECRET!, app.env.AMOCRM_WEBHOOK_SECRET!];
+    expect(secrets.every((s) => s.length >= 16)).toBe(true);
+  });
+  afterAll(async () => {
+    await app?.close();
+  });
+
+  const expectNoSecrets = (results: CheckResult[]) => {
+    const text = results.map(formatCheck).join('\n');
+    for (const s of secrets) expect(text).not.toContain(s);
+    expect(text).not.toMatch(TOKEN_SHAPED);
+  };
+
+  it('the embedded default: every check is ✅ and the exit code is 0', async () => {
+    const results = await runDoctor({ env: app.env, db: app.db });
+    expect(results.filter((r) => r.status !== 'ok').map(formatCheck)).toEqual([]);
+    expect(results.map((r) => r.check)).toEqual(ALL_CHECKS);
+    expect(exitCodeOf(results)).toBe(0);
+    expect(find(results, 'amoCRM')!.detail).toContain("account 'Stand-in School'");
+    expect(find(results, 'pipeline')!.detail).toBe(
+      "'Tripwire' (7000001): lesson 1 → 70011 'Урок 1 пройден', lesson 2 → 70012 'Урок 2 пройден', lesson 3 → 70013 'Урок 3 пройден'");
+    expect(find(results, 'webhook secret')!.detail).toMatch(/equal to AMOCRM_WEBHOOK_SECRET/);
+    expect(find(results, 'lessons')!.detail).toMatch(/^67 'Урок 1\. Что умеет AI' → stage 1; 68 .* 69 .*module 12 'Tripwire/);
+    for (const line of results.map(formatCheck)) expect(line).toMatch(/^✅ [^:]+: \S/);
+    expectNoSecrets(results);
+  });
+
+  it('a documentation placeholder stage id: ❌ AMOCRM_STAGE_LESSON_2, exit code 1', async () => {
+    const results = await runDoctor({ env: { ...app.env, AMOCRM_STAGE_LESSON_2: '12345678' }, db: app.db });
+    expect(fails(results).map((r) => r.check)).toEqual(['AMOCRM_STAGE_LESSON_2']);
+    const line = formatCheck(find(results, 'AMOCRM_STAGE_LESSON_2')!);
+    expect(line).toMatch(/^❌ AMOCRM_STAGE_LESSON_2: 12345678 is the placeholder from the documentation.* → run npm run amocrm -- pipelines/);
+    expect(exitCodeOf(results)).toBe(1);
+    expectNoSecrets(results);
+  });
+
+  it('a stage of the other pipeline: ❌ names the variable and the pipeline it belongs to', async () => {
+    const stage = LOCAL.stages.otherPipelineStage;
+    const results = await runDoctor({ env: { ...app.env, AMOCRM_STAGE_LESSON_3: String(stage) }, db: app.db });
+    expect(fails(results).map((r) => r.check)).toEqual(['AMOCRM_STAGE_LESSON_3']);
+    expect(formatCheck(find(results, 'AMOCRM_STAGE_LESSON_3')!)).toContain(
+      `❌ AMOCRM_STAGE_LESSON_3: stage ${stage} belongs to pipeline 'Партнёры', not ${LOCAL.pipelineId} → `);
+    expect(find(results, 'pipeline')).toBeUndefined(); // no ✅ for a pipeline with a wrong stage
+    expect(exitCodeOf(results)).toBe(1);
+  });
+
+  it('AMOCRM_CLIENT_SECRET missing: ❌ names it; the database checks still run; amoCRM is not called', async () => {
+    const before = app.amo.counts().total;
+    const results = await runDoctor({ env: without(app.env, 'AMOCRM_CLIENT_SECRET'), db: app.db });
+    expect(fails(results).map((r) => r.check)).toEqual(['AMOCRM_CLIENT_SECRET']);
+    expect(formatCheck(find(results, 'AMOCRM_CLIENT_SECRET')!)).toMatch(/^❌ AMOCRM_CLIENT_SECRET: missing .*→ copy the secret key/);
+    for (const check of ['trigger', 'pg_net', 'webhook secret', 'lessons', 'RLS', 'tokens']) {
+      expect(find(results, check), check).toMatchObject({ status: 'ok' });
+    }
+    expect(find(results, 'amoCRM')).toMatchObject({ status: 'warn', detail: expect.stringMatching(/not checked/) });
+    expect(find(results, 'OAuth')).toBeUndefined();
+    expect(app.amo.counts().total).toBe(before);
+    expect(exitCodeOf(results)).toBe(1);
+  });
+
+  it('a webhook secret that differs from the database: ❌ AMOCRM_WEBHOOK_SECRET, neither value printed', async () => {
+    const other = 'whsec_ZGlmZmVyZW50LXNlY3JldC0xMjM0NTY3OA==';
+    const results = await runDoctor({ env: { ...app.env, AMOCRM_WEBHOOK_SECRET: other }, db: app.db });
+    expect(fails(results).map((r) => r.check)).toEqual(['AMOCRM_WEBHOOK_SECRET']);
+    const line = formatCheck(find(results, 'AMOCRM_WEBHOOK_SECRET')!);
+    expect(line).toMatch(/^❌ AMOCRM_WEBHOOK_SECRET: differs from webhook_secret in the database .*→ make them equal/);
+    expect(results.map(formatCheck).join('\n')).not.toContain(other);
+    expect(find(results, 'webhook secret')).toBeUndefined();
+    expectNoSecrets(results);
+  });
+
+  it('production mode with no Supabase variables: ❌ SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY; an anon key is refused', async () => {
+    const missing = await runDoctor({ env: app.env, db: app.db, requireSupabase: true });
+    expect(fails(missing).map((r) => r.check)).toEqual(['SUPABASE_URL', 'SUPABASE_SERVICE_ROLE_KEY']);
+
+    const anonKey = `eyJhbGciOiJIUzI1NiJ9.${Buffer.from(JSON.stringify({ role: 'anon' })).toString('base64url')}.c2ln`;
+    const anon = await runDoctor({
+      env: { ...app.env, SUPABASE_DATABASE_URL: 'https://abc.supabase.co', SUPABASE_SERVICE_ROLE_KEY: anonKey },
+      db: app.db, requireSupabase: true,
+    });
+    expect(fails(anon).map((r) => r.check)).toEqual(['SUPABASE_SERVICE_ROLE_KEY']);
+    expect(find(anon, 'SUPABASE_SERVICE_ROLE_KEY')!.detail).toMatch(/role anon/);
+    expect(anon.map(formatCheck).join('\n')).not.toContain(anonKey);
+
+    const good = `eyJhbGciOiJIUzI1NiJ9.${Buffer.from(JSON.stringify({ role: 'service_role' })).toString('base64url')}.c2ln`;
+    const ok = await runDoctor({
+      env: { ...app.env, SUPABASE_DATABASE_URL: 'https://abc.supabase.co', SUPABASE_SERVICE_ROLE_KEY: good },
+      db: app.db, requireSupabase: true,
+    });
+    expect(fails(ok)).toEqual([]);
+    expect(formatCheck(find(ok, 'Supabase')!)).toBe(
+      `✅ Supabase: SUPABASE_DATABASE_URL https://abc.supabase.co (read as SUPABASE_URL), service role key set (${good.length} chars)`);
+  });
+
+  it('a long-lived token: ⚠️ when it expires within 30 days, ❌ when expired', async () => {
+    const base = without(without(without(app.env, 'AMOCRM_CLIENT_ID'), 'AMOCRM_CLIENT_SECRET'), 'AMOCRM_REDIRECT_URI');
+    const soon = await runDoctor({ env: { ...base, AMOCRM_LONG_LIVED_TOKEN: app.amo.issueLongLivedToken(10 * 86400) }, db: app.db });
+    expect(find(soon, 'long-lived token')).toMatchObject({ status: 'warn', detail: expect.stringMatching(/in 10 days/) });
+    expect(fails(soon)).toEqual([]);
+    const expired = await runDoctor({ env: { ...base, AMOCRM_LONG_LIVED_TOKEN: app.amo.issueLongLivedToken(-3600) }, db: app.db });
+    expect(fails(expired).map((r) => r.check)).toEqual(['AMOCRM_LONG_LIVED_TOKEN']);
+    expect(formatCheck(fails(expired)[0]!)).toMatch(/expired .* → issue a new long-lived token/);
+  });
+
+  it('tokens marked needs_reauth: ❌ tokens says to run exchange-code, and amoCRM is not called', async () => {
+    await app.pg.query(`update amocrm.system_settings set value = value || '{"auth_state":"needs_reauth","auth_problem":"refresh token revoked"}'::jsonb where key = 'amocrm_tokens'`);
+    try {
+      const before = app.amo.counts().total;
+      const results = await runDoctor({ env: app.env, db: app.db });
+      expect(fails(results).map((r) => r.check)).toEqual(['tokens']);
+      expect(formatCheck(find(results, 'tokens')!)).toMatch(/refresh token revoked .*→ .*npm run amocrm -- exchange-code <code/);
+      expect(app.amo.counts().total).toBe(before);
+    } finally {
+      await app.pg.query(`update amocrm.system_settings set value = value || '{"auth_state":"ok","auth_problem":null}'::jsonb where key = 'amocrm_tokens'`);
+    }
+  });
+
+  it('the CLI: `tsx scripts/doctor.ts --embedded` exits 0 and prints no secret', async () => {
+    const { code, out } = await runCli(['scripts/doctor.ts', '--embedded'], {});
+    expect(out).not.toMatch(/❌|⚠️/);
+    expect(code).toBe(0);
+    expect(out.match(/^✅ /gm)?.length).toBe(ALL_CHECKS.length);
+    expect(out).toContain('All checks passed.');
+    expect(out).not.toMatch(TOKEN_SHAPED);
+    expect(out).not.toContain('standin-client-secret');
+  }, 90_000);
+
+  it('the CLI honours env overrides in --embedded mode: a placeholder stage exits 1', async () => {
+    const { code, out } = await runCli(['scripts/doctor.ts', '--embedded'], { AMOCRM_STAGE_LESSON_2: '12345678' });
+    expect(out).toContain('from the environment: AMOCRM_STAGE_LESSON_2');
+    expect(out).toMatch(/^❌ AMOCRM_STAGE_LESSON_2: 12345678 is the placeholder/m);
+    expect(code).toBe(1);
+    expect(out).not.toMatch(TOKEN_SHAPED);
+  }, 90_000);
+
+  it.runIf(usingPostgres)('the CLI with --database-url against PostgreSQL (DATABASE_URL): all ✅', async () => {
+    const created = await createPostgresDatabase(process.env.DATABASE_URL!);
+    created.admin.on('error', () => undefined);
+    try {
+      const pair = app.amo.issueTokens();
+      await created.admin.query(`select public.amocrm_store_tokens('oauth', $1, $2, now() + interval '1 day')`, [pair.access_token, pair.refresh_token]);
+      await created.admin.query(`insert into amocrm.system_settings (key, value) values
+          ('webhook_url', to_jsonb('https://academy.example/api/amocrm/lesson-completed'::text)), ('webhook_secret', to_jsonb($1::text))
+        on conflict (key) do update set value = excluded.value`, [app.env.AMOCRM_WEBHOOK_SECRET]);
+      const { code, out } = await runCli(['scripts/doctor.ts', '--database-url', created.url], app.env);
+      expect(out).toMatch(/doctor — postgres \(PostgreSQL /);
+      expect(out).not.toMatch(/❌|⚠️/);
+      expect(out).toContain('✅ webhook URL: https://academy.example/api/amocrm/lesson-completed');
+      expect(code).toBe(0);
+      expect(out).not.toContain(pair.access_token);
+      expect(out).not.toMatch(TOKEN_SHAPED);
+    } finally {
+      await created.drop();
+    }
+  }, 90_000);
+});
+
+describe(`amocrm_doctor_facts on a bare database (${usingPostgres ? 'PostgreSQL' : 'PGlite'})`, () => {
+  let t: TestDatabase;
+  const facts = () => t.db.rpc<DoctorFacts>('amocrm_doctor_facts');
+  const env = { AMOCRM_WEBHOOK_SECRET: 'whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=' };
+
+  beforeAll(async () => {
+    t = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('is for service_role only', async () => {
+    for (const role of ['anon', 'authenticated'] as const) {
+      await expect(t.asRole(role, 'select public.amocrm_doctor_facts()')).rejects.toMatchObject({ code: '42501' });
+    }
+    expect((await facts()).migrations.schema_amocrm).toBe(true);
+  });
+
+  it('a fresh database: webhook and tokens missing are ❌ with what to do; the rest ✅', async () => {
+    const results = await runDoctor({ env, db: t.db });
+    expect(find(results, 'webhook URL')).toMatchObject({ status: 'fail', fix: expect.stringContaining("'webhook_url'") });
+    expect(find(results, 'webhook secret')).toMatchObject({ status: 'fail' });
+    expect(find(results, 'tokens')).toMatchObject({ status: 'fail', fix: expect.stringContaining('exchange-code') });
+    for (const check of ['database', 'migrations', 'trigger', 'pg_net', 'lessons', 'RLS', 'outbox']) {
+      expect(find(results, check), check).toMatchObject({ status: 'ok' });
+    }
+  });
+
+  it('reports the secret as set/length/sha256 and the URL as host only: never a secret value', async () => {
+    const secret = env.AMOCRM_WEBHOOK_SECRET;
+    await t.sql(`insert into amocrm.system_settings (key, value) values
+        ('webhook_url', to_jsonb('https://user:pass@academy.example:8443/api/amocrm/lesson-completed?token=abc'::text)),
+        ('webhook_secret', to_jsonb($1::text))
+      on conflict (key) do update set value = excluded.value`, [secret]);
+    await t.db.rpc('amocrm_store_tokens', {
+      p_kind: 'oauth', p_access_token: 'ACCESS-TOKEN-VALUE-1234', p_refresh_token: 'REFRESH-TOKEN-VALUE-5678', p_expires_at: new Date(Date.now() + 3600_000),
+    });
+    const f = await facts();
+    const text = JSON.stringify(f);
+    for (const value of [secret, 'ACCESS-TOKEN-VALUE-1234', 'REFRESH-TOKEN-VALUE-5678', 'pass', 'token=abc']) expect(text).not.toContain(value);
+    expect(f.webhook).toMatchObject({
+      url_set: true, url_scheme: 'https', url_host: 'academy.example:8443', url_path: '/api/amocrm/lesson-completed',
+      secret_set: true, secret_length: secret.length, secret_sha256: createHash('sha256').update(secret).digest('hex'),
+    });
+    expect(f.tokens).toMatchObject({ present: true, kind: 'oauth', auth_state: 'ok', has_refresh_token: true });
+
+    const results = await runDoctor({ env, db: t.db });
+    expect(find(results, 'webhook URL')).toMatchObject({ status: 'ok', detail: 'https://academy.example:8443/api/amocrm/lesson-completed' });
+    expect(find(results, 'webhook secret')).toMatchObject({ status: 'ok' });
+    expect(find(results, 'tokens')).toMatchObject({ status: 'ok', detail: expect.stringMatching(/^oauth, access token valid until/) });
+  });
+
+  it('events per status: parked and dead ones are ⚠️', async () => {
+    const { rows } = { rows: await t.sql(`insert into auth.users (email) values ('facts.${Date.now()}@example.com') returning id`) };
+    const user = rows[0]!.id as string;
+    await t.db.rpc('amocrm_record_event', { p_user_id: user, p_lesson_id: 67 });
+    await t.db.rpc('amocrm_record_event', { p_user_id: user, p_lesson_id: 68 });
+    await t.sql(`update amocrm.sync_events set status = 'parked' where user_id = $1 and lesson_id = 68`, [user]);
+    expect((await facts()).events).toEqual({ pending: 1, parked: 1 });
+    const outbox = find(await runDoctor({ env, db: t.db }), 'outbox')!;
+    expect(outbox).toMatchObject({ status: 'warn', detail: expect.stringMatching(/^parked 1, pending 1; 1 parked/) });
+  });
+
+  it('an archived lesson, RLS off, a disabled trigger: each a ❌ naming it', async () => {
+    await t.sql('update public.lessons set is_archived = true where id = 68');
+    await t.sql('alter table amocrm.rate_limiter disable row level security');
+    await t.sql('alter table public.lesson_progress disable trigger amocrm_lesson_completed');
+    try {
+      const results = await runDoctor({ env, db: t.db });
+      expect(formatCheck(find(results, 'lessons')!)).toMatch(/^❌ lessons: lesson 68 'Урок 2\. Первый ассистент' is archived → /);
+      expect(formatCheck(find(results, 'RLS')!)).toBe(
+        '❌ RLS: off for amocrm.rate_limiter → alter table amocrm.rate_limiter enable row level security;');
+      expect(formatCheck(find(results, 'trigger')!)).toMatch(/^❌ trigger: .* is disabled → alter table public.lesson_progress enable trigger/);
+    } finally {
+      await t.sql('update public.lessons set is_archived = false where id = 68');
+      await t.sql('alter table amocrm.rate_limiter enable row level security');
+      await t.sql('alter table public.lesson_progress enable trigger amocrm_lesson_completed');
+    }
+    const fixed = await runDoctor({ env, db: t.db });
+    for (const check of ['lessons', 'RLS', 'trigger']) expect(find(fixed, check), check).toMatchObject({ status: 'ok' });
+  });
+
+  it('works when the academy has no lessons/modules tables (dynamic SQL guarded), and with other column names', async () => {
+    // Another academy's shape: `name` instead of `title`, `archived_at` instead of `is_archived`.
+    await t.sql('alter table public.lessons rename column title to name');
+    await t.sql('alter table public.lessons add column archived_at timestamptz');
+    await t.sql('update public.lessons set archived_at = now() where id = 69');
+    const renamed = await facts();
+    expect(renamed.lessons.find((l) => l.id === 69)).toMatchObject({ exists: true, title: 'Урок 3. Автоматизация', archived: true });
+    expect(renamed.lessons.find((l) => l.id === 67)).toMatchObject({ exists: true, archived: false, module_title: 'Tripwire: первые шаги в AI' });
+
+    await t.sql('drop table public.lessons cascade');
+    await t.sql('drop table public.modules cascade');
+    const f = await facts();
+    expect(f.lessons_table).toBe(false);
+    expect(f.lessons.map((l) => [l.id, l.exists])).toEqual([[67, false], [68, false], [69, false]]);
+    const lessons = find(await runDoctor({ env, db: t.db }), 'lessons')!;
+    expect(lessons).toMatchObject({ status: 'warn', detail: expect.stringMatching(/public\.lessons not found/) });
+  });
+});
