@@ -34,6 +34,8 @@ export interface Pipeline {
 }
 
 const MAX_CONTACT_PAGES = 4;
+export const MAX_BATCH_MOVES = 50;
+export const MAX_BATCH_READS = 250;
 
 function toContact(raw: any): Contact {
   const fields: any[] = Array.isArray(raw?.custom_fields_values) ? raw.custom_fields_values : [];
@@ -79,7 +81,7 @@ export function amoResources(http: AmoHttp) {
       const res = await http.request({
         method: 'GET',
         path: '/api/v4/leads',
-        query: ids.slice(0, 250).map((id) => ['filter[id][]', id] as [string, number]),
+        query: ids.slice(0, MAX_BATCH_READS).map((id) => ['filter[id][]', id] as [string, number]),
       });
       if (res.status === 204 || !res.data) return [];
       if (res.status !== 200) throw retryable('leads_read_failed', `чтение сделок: HTTP ${res.status}`);
@@ -106,6 +108,23 @@ export function amoResources(http: AmoHttp) {
       }
       if (res.status === 404) throw permanent('lead_not_found', `сделка ${id} не найдена в amoCRM`, { status: 404 });
       throw retryable('move_failed', `перемещение сделки ${id}: HTTP ${res.status}`);
+    },
+
+    /**
+     * Moves up to 50 deals in one PATCH (amoCRM's recommended batch size). 'rejected'
+     * means amoCRM refused the batch (a validation error on some item, nothing applied):
+     * the caller moves those deals one by one to find out which.
+     */
+    async moveLeads(moves: { id: number; statusId: number }[], pipelineId: number): Promise<'ok' | 'rejected'> {
+      if (moves.length > MAX_BATCH_MOVES) throw new Error(`at most ${MAX_BATCH_MOVES} moves per batch`);
+      const res = await http.request({
+        method: 'PATCH',
+        path: '/api/v4/leads',
+        body: moves.map((m) => ({ id: m.id, pipeline_id: pipelineId, status_id: m.statusId, request_id: String(m.id) })),
+      });
+      if (res.status === 200) return 'ok';
+      if (res.status === 400 || res.status === 422 || res.status === 404) return 'rejected';
+      throw retryable('move_failed', `пакетное перемещение ${moves.length} сделок: HTTP ${res.status}`);
     },
 
     async getPipeline(id: number): Promise<Pipeline | null> {

@@ -9,7 +9,7 @@ export async function handleSweep(_req: Request, runtime: () => Promise<Runtime>
     const report = await runSweep(rt);
     if (report.claimed || report.tokenRefreshed || report.reconciled || report.resumed) {
       rt.log.info('Плановый запуск завершён', {
-        claimed: report.claimed, ...report.outcomes, released: report.released,
+        claimed: report.claimed, ...report.outcomes,
         token_refreshed: report.tokenRefreshed, stopped_by: report.stoppedBy, ms: report.elapsedMs,
       });
     }

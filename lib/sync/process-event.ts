@@ -5,7 +5,7 @@ import type { Db } from '../db/port.ts';
 import type { Logger } from '../log.ts';
 import { AmoError } from '../amocrm/errors.ts';
 import type { AmoResources, Lead, PipelineStatus } from '../amocrm/resources.ts';
-import { backoffMs, chooseDeal, decideMove, normalizeEmail } from './decide.ts';
+import { backoffMs, chooseDeal, decideMove, normalizeEmail, type MoveDecision } from './decide.ts';
 
 export interface ClaimedEvent {
   id: number;
@@ -65,40 +65,54 @@ export async function deliverEvent(
 }
 
 export async function processClaimedEvent(deps: SyncDeps, event: ClaimedEvent, holder: string): Promise<EventOutcome> {
-  const { db, log, settings } = deps;
-  const ctx = { event: event.id, lesson: event.lesson_id, email: event.email ?? '-' };
-  let lead: Lead | undefined;
-  let contactId: number | undefined;
+  let found: { lead: Lead; contactId?: number } | undefined;
   try {
     if (!event.email) throw new AmoError('permanent', 'no_email', 'у студента нет e-mail в auth.users');
-    const found = await findLead(deps, event);
-    lead = found.lead;
-    contactId = found.contactId;
-    const targetIndex = event.stage_number - 1;
-    const target = settings.stageIds[targetIndex];
-    if (target === undefined) throw new AmoError('permanent', 'no_stage', `нет этапа для урока ${event.stage_number}`);
-    const order = settings.stageIds.includes(lead.status_id) ? undefined : await pipelineOrder(deps);
-    const decision = decideMove(lead.status_id, targetIndex, settings.stageIds, order);
-
-    if (decision.action === 'skip') {
-      await finish(db, event, holder, 'skipped', { lead_id: lead.id, contact_id: contactId, status_id: lead.status_id, code: decision.code, error: decision.reason });
-      log.warn(`Событие пропущено: сделка ${lead.id} не двигается назад`, { ...ctx, code: decision.code, reason: decision.reason, stage: lead.status_id });
-      return { eventId: event.id, status: 'skipped', moved: false, leadId: lead.id, statusId: lead.status_id, code: decision.code, message: decision.reason };
-    }
-    if (decision.action === 'move') await deps.amo.moveLead(lead.id, settings.pipelineId, target);
-    await finish(db, event, holder, 'done', { lead_id: lead.id, contact_id: contactId, status_id: target });
-    if (decision.action === 'move') {
-      log.ok(`Сделка ${lead.id} успешно перемещена на этап ${target}`, { ...ctx, from: lead.status_id, attempt: event.attempts });
-    } else {
-      log.ok(`Сделка ${lead.id} уже на этапе ${target}, повторно не перемещаю`, ctx);
-    }
-    return { eventId: event.id, status: 'done', moved: decision.action === 'move', leadId: lead.id, statusId: target };
+    found = await findLead(deps, event);
+    const { target, decision } = await decide(deps, event, found.lead);
+    if (decision.action === 'move') await deps.amo.moveLead(found.lead.id, deps.settings.pipelineId, target);
+    return await recordDecision(deps, event, holder, found, decision, target);
   } catch (err) {
-    return handleFailure(deps, event, holder, err, ctx, lead?.id, contactId);
+    return handleFailure(deps, event, holder, err, found?.lead.id, found?.contactId);
   }
 }
 
-async function findLead(deps: SyncDeps, event: ClaimedEvent): Promise<{ lead: Lead; contactId?: number }> {
+const contextOf = (event: ClaimedEvent) => ({ event: event.id, lesson: event.lesson_id, email: event.email ?? '-' });
+
+/** The forward-only decision for this event's lesson against the deal's current stage. */
+export async function decide(deps: SyncDeps, event: ClaimedEvent, lead: Lead, order?: PipelineStatus[]): Promise<{ target: number; decision: MoveDecision }> {
+  const { settings } = deps;
+  const targetIndex = event.stage_number - 1;
+  const target = settings.stageIds[targetIndex];
+  if (target === undefined) throw new AmoError('permanent', 'no_stage', `нет этапа для урока ${event.stage_number}`);
+  const needsOrder = !settings.stageIds.includes(lead.status_id);
+  const stageOrder = needsOrder ? order ?? (await pipelineOrder(deps)) : undefined;
+  return { target, decision: decideMove(lead.status_id, targetIndex, settings.stageIds, stageOrder) };
+}
+
+/** Records a decision that has been carried out (the move made, if any) and logs its line. */
+export async function recordDecision(
+  deps: SyncDeps, event: ClaimedEvent, holder: string,
+  found: { lead: Lead; contactId?: number }, decision: MoveDecision, target: number,
+): Promise<EventOutcome> {
+  const { db, log } = deps;
+  const { lead, contactId } = found;
+  const ctx = contextOf(event);
+  if (decision.action === 'skip') {
+    await finish(db, event, holder, 'skipped', { lead_id: lead.id, contact_id: contactId, status_id: lead.status_id, code: decision.code, error: decision.reason });
+    log.warn(`Событие пропущено: сделка ${lead.id} не двигается назад`, { ...ctx, code: decision.code, reason: decision.reason, stage: lead.status_id });
+    return { eventId: event.id, status: 'skipped', moved: false, leadId: lead.id, statusId: lead.status_id, code: decision.code, message: decision.reason };
+  }
+  await finish(db, event, holder, 'done', { lead_id: lead.id, contact_id: contactId, status_id: target });
+  if (decision.action === 'move') {
+    log.ok(`Сделка ${lead.id} успешно перемещена на этап ${target}`, { ...ctx, from: lead.status_id, attempt: event.attempts });
+  } else {
+    log.ok(`Сделка ${lead.id} уже на этапе ${target}, повторно не перемещаю`, ctx);
+  }
+  return { eventId: event.id, status: 'done', moved: decision.action === 'move', leadId: lead.id, statusId: target };
+}
+
+export async function findLead(deps: SyncDeps, event: ClaimedEvent): Promise<{ lead: Lead; contactId?: number }> {
   const { amo, db, settings } = deps;
   if (event.cached_lead_id) {
     // The deal remembered from the student's earlier lesson: one read instead of a search.
@@ -117,7 +131,7 @@ async function findLead(deps: SyncDeps, event: ClaimedEvent): Promise<{ lead: Le
 }
 
 /** The pipeline's stage order, cached in the database for an hour (one read per hour, not per event). */
-async function pipelineOrder(deps: SyncDeps): Promise<PipelineStatus[] | undefined> {
+export async function pipelineOrder(deps: SyncDeps): Promise<PipelineStatus[] | undefined> {
   const { db, amo, settings } = deps;
   const cached = await db.rpc<{ statuses?: PipelineStatus[] } | null>('amocrm_get_pipeline', { p_pipeline_id: settings.pipelineId });
   if (cached?.statuses) return cached.statuses;
@@ -127,7 +141,7 @@ async function pipelineOrder(deps: SyncDeps): Promise<PipelineStatus[] | undefin
   return pipeline.statuses;
 }
 
-async function finish(
+export async function finish(
   db: Db,
   event: ClaimedEvent,
   holder: string,
@@ -142,16 +156,16 @@ async function finish(
   });
 }
 
-async function handleFailure(
+export async function handleFailure(
   deps: SyncDeps,
   event: ClaimedEvent,
   holder: string,
   err: unknown,
-  ctx: Record<string, string | number>,
   leadId?: number,
   contactId?: number,
 ): Promise<EventOutcome> {
   const { db, log, settings } = deps;
+  const ctx = contextOf(event);
   const error = err instanceof AmoError ? err : new AmoError('retryable', 'internal', (err as Error)?.message ?? String(err));
   const base = { eventId: event.id, moved: false, leadId, code: error.code, message: error.message };
   const fields = { lead_id: leadId, contact_id: contactId, code: error.code, error: error.message };

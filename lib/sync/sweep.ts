@@ -4,13 +4,18 @@
 import type { Runtime } from '../runtime.ts';
 import { AmoError } from '../amocrm/errors.ts';
 import type { AmoResources } from '../amocrm/resources.ts';
-import { processClaimedEvent, type ClaimedEvent, type OutcomeStatus } from './process-event.ts';
+import { processBatch } from './process-batch.ts';
+import type { ClaimedEvent, OutcomeStatus } from './process-event.ts';
 
 export interface SweepOptions {
   /** Netlify stops a scheduled function at 30 s; stop starting work well before. */
   budgetMs?: number;
-  /** Events processed side by side (the shared rate limit keeps the total pace). */
-  concurrency?: number;
+  /**
+   * Events claimed per batch. Known deals cost 2 requests per batch (one read, one
+   * PATCH); a student's first event adds its own search and read, so 25 first events fit
+   * in ~9 s at 6 req/s: one batch always fits in the reserve below.
+   */
+  batchSize?: number;
   /** Refresh the access token when it expires within this long (keeps ≥ 1 refresh a day). */
   upkeepWithinMs?: number;
   /** Don't start an event with less than this left. */
@@ -23,18 +28,17 @@ export interface SweepReport {
   resumed: number;
   claimed: number;
   outcomes: Partial<Record<OutcomeStatus, number>>;
-  released: number;
   stoppedBy: 'empty' | 'budget';
   elapsedMs: number;
 }
 
 export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise<SweepReport> {
-  const { budgetMs = 22_000, concurrency = 4, upkeepWithinMs = 6 * 3600_000, reserveMs = 6_000 } = options;
+  const { budgetMs = 22_000, batchSize = 25, upkeepWithinMs = 6 * 3600_000, reserveMs = 9_000 } = options;
   const { db, clock, log } = rt;
   const started = clock.now();
   const left = () => budgetMs - (clock.now() - started);
   const inv = rt.invocation(Math.min(5_000, Math.max(500, budgetMs - reserveMs)));
-  const report: SweepReport = { tokenRefreshed: false, reconciled: 0, resumed: 0, claimed: 0, outcomes: {}, released: 0, stoppedBy: 'empty', elapsedMs: 0 };
+  const report: SweepReport = { tokenRefreshed: false, reconciled: 0, resumed: 0, claimed: 0, outcomes: {}, stoppedBy: 'empty', elapsedMs: 0 };
 
   let chainOk = true;
   try {
@@ -50,22 +54,12 @@ export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise
   if (chainOk) report.resumed = await resumeAccountParked(rt, inv.amo);
 
   while (left() > reserveMs) {
-    const batch = await db.rpc<ClaimedEvent[]>('amocrm_claim_due', { p_holder: inv.holder, p_limit: concurrency * 2, p_lease_seconds: 90 });
+    const batch = await db.rpc<ClaimedEvent[]>('amocrm_claim_due', { p_holder: inv.holder, p_limit: batchSize, p_lease_seconds: 90 });
     if (batch.length === 0) break;
     report.claimed += batch.length;
-    const queue = [...batch];
-    await Promise.all(Array.from({ length: Math.min(concurrency, queue.length) }, async () => {
-      for (let event = queue.shift(); event; event = queue.shift()) {
-        if (left() <= reserveMs) {
-          // Out of time: give the claim back untouched (no attempt counted).
-          await db.rpc('amocrm_finish_event', { p_event_id: event.id, p_holder: inv.holder, p_outcome: 'deferred', p_retry_in_ms: 0 });
-          report.released++;
-          continue;
-        }
-        const outcome = await processClaimedEvent(inv.sync, event, inv.holder);
-        report.outcomes[outcome.status] = (report.outcomes[outcome.status] ?? 0) + 1;
-      }
-    }));
+    for (const outcome of await processBatch(inv.sync, batch, inv.holder)) {
+      report.outcomes[outcome.status] = (report.outcomes[outcome.status] ?? 0) + 1;
+    }
   }
   report.stoppedBy = left() > reserveMs ? 'empty' : 'budget';
   report.elapsedMs = clock.now() - started;

@@ -96,9 +96,13 @@ describe('scheduled run', () => {
     const [a, b] = await Promise.all([sweep(), runSweep(other, { budgetMs: 20_000, reserveMs: 2_000 })]);
     expect(a.claimed + b.claimed).toBe(12);
     expect((a.outcomes.done ?? 0) + (b.outcomes.done ?? 0)).toBe(12);
-    expect(s.amo.counts().patches).toBe(12);
+    // Moves are batched (up to 50 deals per PATCH): at most one PATCH per run here, and
+    // every event was attempted exactly once — no event was processed by both runs.
+    expect(s.amo.counts().patches).toBeGreaterThanOrEqual(1);
+    expect(s.amo.counts().patches).toBeLessThanOrEqual(2);
+    expect(students.every((st) => s.amo.lead(st.leadId)!.statusId === STAGE.lesson1)).toBe(true);
     const rows = await s.t.sql(`select status, attempts from amocrm.sync_events where id = any($1::bigint[])`, [ids]);
-    expect(rows.every((r) => r.status === 'done' && Number(r.attempts) === 1)).toBe(true);
+    expect(rows.map((r) => [r.status, Number(r.attempts)])).toEqual(ids.map(() => ['done', 1]));
   }, 60_000);
 });
 
