@@ -14,6 +14,7 @@ export async function handleReplay(req: Request, runtime: () => Promise<Runtime>
     const parsed = replayRequestSchema.safeParse(parseJson(await readBody(req, 64 * 1024)));
     if (!parsed.success) {
       const issue = parsed.error.issues[0]!;
+      if (!issue.path.length && issue.code === 'invalid_type') throw new PayloadError('body: expected a JSON object, e.g. {"status":"failed","dryRun":true} or {"ids":[123]}');
       throw new PayloadError(`${issue.path.join('.') || 'body'}: ${issue.message}`);
     }
     const result = await runReplay(rt, parsed.data);

@@ -30,7 +30,7 @@ function page(s: Status): string {
 
 export async function handleStatus(req: Request, runtime: () => Promise<Runtime>): Promise<Response> {
   try {
-    if (req.method !== 'GET' && req.method !== 'HEAD') return errorResponse(405, 'use GET', { allow: 'GET' });
+    if (req.method !== 'GET' && req.method !== 'HEAD') return errorResponse(405, 'use GET (or HEAD) with Authorization: Bearer <AMOCRM_REPLAY_TOKEN>', { allow: 'GET, HEAD' });
     const browser = (req.headers.get('accept') ?? '').includes('text/html');
     const rt = await runtime();
     const denied = operatorAuthFailure(req, rt.config.replayToken, browser);

@@ -5,7 +5,7 @@ import { z } from 'zod';
 const PG_INT_MAX = 2_147_483_647;
 
 const progressRecord = z.looseObject({
-  id: z.union([z.string().max(100), z.number().int()]).optional(),
+  id: z.union([z.string().max(100), z.number().int()], { message: 'must be the lesson_progress row id (a string of up to 100 characters, or an integer)' }).optional(),
   user_id: z.uuid({ message: 'must be the student\'s auth.users id (a UUID)' }),
   lesson_id: z.number({ message: 'must be a number' }).int('must be an integer').positive('must be positive').max(PG_INT_MAX, 'is too large'),
 });
@@ -49,15 +49,20 @@ export function parseWebhookBody(value: unknown): WebhookBody {
   const result = webhookBodySchema.safeParse(value);
   if (!result.success) {
     const issue = result.error.issues[0]!;
-    const field = issue.path.length ? issue.path.join('.') : 'body';
-    throw new PayloadError(`${field}: ${issue.message}`);
+    if (!issue.path.length) {
+      throw new PayloadError('body: expected a JSON object {type, table, schema, record}, the Supabase Database Webhook payload for lesson_progress');
+    }
+    throw new PayloadError(`${issue.path.join('.')}: ${issue.message}`);
   }
   const body = result.data;
   if (body.schema !== 'public' || body.table !== 'lesson_progress') {
     throw new PayloadError(`table: expected public.lesson_progress, got ${body.schema}.${body.table}: point this webhook at lesson_progress`, 422);
   }
-  if (body.type === 'DELETE' || !body.record) {
+  if (body.type === 'DELETE') {
     throw new PayloadError('type: a DELETE is not a lesson completion: configure the webhook for INSERT and UPDATE only', 422);
+  }
+  if (!body.record) {
+    throw new PayloadError(`record: is null: an ${body.type} must carry the lesson_progress row as record`, 422);
   }
   return body;
 }
