@@ -29,10 +29,13 @@ export async function handleLessonCompleted(req: Request, runtime: () => Promise
       if (!isCompleted(record) || (body.type === 'UPDATE' && isCompleted(body.old_record))) {
         return json(200, { ok: true, outcome: 'ignored', reason: 'not a new completion' });
       }
-      const recorded = await rt.db.rpc<{ tripwire: boolean; event_id?: number }>('amocrm_record_event', {
+      const recorded = await rt.db.rpc<{ tripwire: boolean; event_id?: number; unknown_user?: boolean }>('amocrm_record_event', {
         p_user_id: record.user_id, p_lesson_id: record.lesson_id,
         p_progress_id: record.id === undefined ? undefined : String(record.id), p_source: 'webhook',
       });
+      if (recorded.unknown_user && recorded.tripwire) {
+        return errorResponse(422, `record.user_id: ${record.user_id} is not a user in auth.users: send the lesson_progress row of an existing student`);
+      }
       if (!recorded.tripwire) return json(200, { ok: true, outcome: 'ignored', reason: `lesson ${record.lesson_id} is not a Tripwire lesson` });
       eventId = recorded.event_id!;
     }

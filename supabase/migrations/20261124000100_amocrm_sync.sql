@@ -205,8 +205,10 @@ begin
     'webhook-timestamp', v_ts,
     'webhook-signature', 'v1,' || encode(extensions.hmac(
         convert_to(v_msg_id || '.' || v_ts || '.' || p_body::text, 'UTF8'), v_key, 'sha256'), 'base64'));
-  execute 'select net.http_post(url => $1, body => $2, headers => $3, timeout_milliseconds => $4)'
-     into v_request using v_url, p_body, v_headers, v_timeout;
+  -- A static call: PL/pgSQL resolves it only when it runs (after the check above, so a
+  -- database without pg_net never reaches it) and then keeps its plan, where EXECUTE
+  -- would parse and plan on every student's INSERT.
+  v_request := net.http_post(url => v_url, body => p_body, headers => v_headers, timeout_milliseconds => v_timeout);
   return v_request;
 end $$;
 
@@ -298,6 +300,12 @@ language plpgsql security definer set search_path = '' as $$
 declare
   v record;
 begin
+  -- The trigger's rows reference auth.users already; a webhook body may name anyone, and
+  -- an event for a user who does not exist could never succeed: refuse it instead.
+  if not exists (select 1 from auth.users u where u.id = p_user_id) then
+    return jsonb_build_object('tripwire', (select s.value ? p_lesson_id::text from amocrm.system_settings s where s.key = 'tripwire_lessons'),
+                              'unknown_user', true);
+  end if;
   select * into v from amocrm.record_event(p_user_id, p_lesson_id, p_source, p_progress_id);
   if v.event_id is null then
     return jsonb_build_object('tripwire', false);

@@ -14,8 +14,8 @@
 //   operator token or an Authorization header.
 // - A correctly authenticated webhook for a real student and a non-Tripwire lesson is a 200
 //   'ignored', not malformed. A well-formed webhook for a UUID that is no auth.users row and a
-//   Tripwire lesson records a permanently failed 'no_email' event (422, no amoCRM call): the
-//   request is authenticated, and the row tells the operator what arrived (tested below).
+//   Tripwire lesson is refused with 422 naming record.user_id, and nothing is written (an
+//   event for nobody could never succeed).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
 import { handleReplay } from '../../lib/http/replay.ts';
@@ -521,12 +521,14 @@ describe('after the malformed batch, valid requests still work', () => {
     expect(page).toContain('&#60;script&#62;alert(1)&#60;/script&#62;@student.kz');
   });
 
-  it('a well-formed webhook for a UUID that is no student records a failed no_email event, with no amoCRM call (documented)', async () => {
+  it('a well-formed webhook for a UUID that is no student is refused with 422 and writes nothing', async () => {
     s.amo.resetCounts();
+    const before = (await s.t.sql('select count(*)::int as n from amocrm.sync_events'))[0]!.n;
     const res = await webhook(s.webhookRequest(dbWebhookBody(MISSING_UUID, 67)));
     expect(res.status).toBe(422);
-    expect(await res.json()).toMatchObject({ ok: false, outcome: 'failed', code: 'no_email' });
+    expect((await res.json()).error).toMatch(/^record\.user_id: .*auth\.users/);
     expect(s.amo.counts().total).toBe(0);
+    expect((await s.t.sql('select count(*)::int as n from amocrm.sync_events'))[0]!.n).toBe(before);
     const ignored = await webhook(s.webhookRequest(dbWebhookBody(MISSING_UUID, 1)));
     expect(await ignored.json()).toMatchObject({ outcome: 'ignored' });
   });
