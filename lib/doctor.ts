@@ -82,7 +82,8 @@ const EXPECTED_FUNCTIONS = [
   'amocrm_record_event', 'amocrm_claim_event', 'amocrm_claim_due', 'amocrm_finish_event', 'amocrm_forget_lead',
   'amocrm_get_tokens', 'amocrm_seed_tokens', 'amocrm_begin_refresh', 'amocrm_finish_refresh', 'amocrm_abort_refresh',
   'amocrm_mark_needs_reauth', 'amocrm_store_tokens', 'amocrm_take_rate_slot', 'amocrm_get_pipeline',
-  'amocrm_put_pipeline', 'amocrm_doctor_facts',
+  'amocrm_put_pipeline', 'amocrm_doctor_facts', 'amocrm_resume_parked', 'amocrm_reconcile', 'amocrm_select_events',
+  'amocrm_status',
 ];
 const MIGRATE = 'apply the migrations in supabase/migrations (supabase db push, or paste them into the SQL editor in order)';
 const REAUTH = 'authorize again and store the tokens: npm run amocrm -- exchange-code <code from amoCRM>';

@@ -57,6 +57,11 @@ export function jwtExpiry(token: string): Date | undefined {
 }
 
 export class TokenManager implements TokenSource {
+  /**
+   * A pair this invocation got from amoCRM but could not store. amoCRM has already
+   * rotated, so it is the only live token: use it for the rest of this invocation.
+   */
+  private unstored?: AccessToken;
   private readonly marginMs: number;
   private readonly waitMs: number;
   private readonly leaseSeconds: number;
@@ -74,6 +79,7 @@ export class TokenManager implements TokenSource {
   }
 
   async current(): Promise<AccessToken> {
+    if (this.unstored) return this.unstored;
     const stored = await this.read();
     const usable = this.usable(stored);
     if (usable) return usable;
@@ -81,6 +87,7 @@ export class TokenManager implements TokenSource {
   }
 
   async afterUnauthorized(used: AccessToken): Promise<AccessToken> {
+    this.unstored = undefined;
     const stored = await this.read();
     if (stored.version !== used.version) {
       const usable = this.usable(stored);
@@ -214,12 +221,20 @@ export class TokenManager implements TokenSource {
       throw error;
     }
     const stored = await this.storeRotated(version, pair);
+    if (stored === undefined) {
+      this.unstored = { accessToken: pair.accessToken, version: -1 };
+      return this.unstored;
+    }
     log.ok('Токены успешно обновлены', { expires_at: pair.expiresAt.toISOString(), version: stored });
     return { accessToken: pair.accessToken, version: stored };
   }
 
-  /** Stores the rotated pair, retrying a failed write: losing it would break the chain. */
-  private async storeRotated(version: number, pair: TokenPair): Promise<number> {
+  /**
+   * Stores the rotated pair, retrying a failed write: losing it would break the chain.
+   * Returns the stored version, or undefined when the pair could not be stored (the
+   * operator has been told, once, what to do).
+   */
+  private async storeRotated(version: number, pair: TokenPair): Promise<number | undefined> {
     const { db, clock, log, holder } = this.o;
     let lastError: unknown;
     for (const delay of [0, 200, 1000, 3000]) {
@@ -234,7 +249,7 @@ export class TokenManager implements TokenSource {
         log.fail('Новые токены не сохранены: цепочку уже обновил другой запуск', {
           code: 'refresh_cas_conflict', what_to_do: 'если дальше появятся 401, авторизуйте интеграцию заново: npm run amocrm -- exchange-code <код>',
         });
-        return version + 1;
+        return undefined;
       } catch (err) {
         lastError = err;
       }
@@ -249,7 +264,7 @@ export class TokenManager implements TokenSource {
     });
     await db.rpc('amocrm_abort_refresh', { p_holder: holder, p_needs_reauth: true, p_problem: 'новые токены не сохранены (ошибка записи в базу)' })
       .catch(() => undefined);
-    return version + 1;
+    return undefined;
   }
 
   private async breakChain(code: string, problem: string, whatToDo: string, holdingLease: boolean): Promise<never> {

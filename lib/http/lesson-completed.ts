@@ -50,6 +50,9 @@ export async function handleLessonCompleted(req: Request, runtime: () => Promise
 function deliveryResponse(eventId: number, result: DeliveryResult): Response {
   if (!result.claimed) {
     if (result.reason === 'not_found') return errorResponse(404, `event ${eventId} does not exist in amocrm.sync_events`);
+    if (result.reason === 'student_busy') {
+      return json(202, { ok: true, event_id: eventId, outcome: 'queued', reason: 'another lesson of this student is being processed: the scheduled run takes this one next' });
+    }
     return json(200, { ok: true, event_id: eventId, outcome: 'duplicate', reason: result.reason, event_status: result.eventStatus });
   }
   const o = result.outcome;

@@ -49,19 +49,34 @@ export interface EventOutcome {
 
 export type DeliveryResult =
   | { claimed: true; outcome: EventOutcome }
-  | { claimed: false; reason: 'not_found' | 'in_flight' | 'status'; eventStatus?: string };
+  | { claimed: false; reason: 'not_found' | 'in_flight' | 'status' | 'student_busy'; eventStatus?: string };
 
-/** Claims the event by id (a duplicate delivery gets claimed=false) and processes it. */
+/** How long a delivery waits for the same student's other event to finish before leaving its own to the scheduled run. */
+export const STUDENT_BUSY_WAIT_MS = 5_000;
+
+/**
+ * Claims the event by id (a duplicate delivery gets claimed=false) and processes it.
+ * One student's events never run side by side (the claim refuses while another is in
+ * flight), so a slow move of lesson 1 can never land after lesson 2's and pull the
+ * deal back: this waits a little for the other one, then leaves the event queued.
+ */
 export async function deliverEvent(
   deps: SyncDeps,
   eventId: number,
   holder: string,
   statuses: string[] = ['pending'],
+  busyWaitMs = STUDENT_BUSY_WAIT_MS,
 ): Promise<DeliveryResult> {
-  const claim = await deps.db.rpc<{ claimed: boolean; reason?: 'not_found' | 'in_flight' | 'status'; event?: ClaimedEvent }>(
-    'amocrm_claim_event', { p_event_id: eventId, p_holder: holder, p_lease_seconds: 90, p_statuses: statuses });
-  if (!claim.claimed) return { claimed: false, reason: claim.reason ?? 'status', eventStatus: claim.event?.status };
-  return { claimed: true, outcome: await processClaimedEvent(deps, claim.event!, holder) };
+  const deadline = deps.clock.now() + busyWaitMs;
+  while (true) {
+    const claim = await deps.db.rpc<{ claimed: boolean; reason?: 'not_found' | 'in_flight' | 'status' | 'student_busy'; event?: ClaimedEvent }>(
+      'amocrm_claim_event', { p_event_id: eventId, p_holder: holder, p_lease_seconds: 90, p_statuses: statuses });
+    if (claim.claimed) return { claimed: true, outcome: await processClaimedEvent(deps, claim.event!, holder) };
+    if (claim.reason !== 'student_busy' || deps.clock.now() >= deadline) {
+      return { claimed: false, reason: claim.reason ?? 'status', eventStatus: claim.event?.status };
+    }
+    await deps.clock.sleep(250);
+  }
 }
 
 export async function processClaimedEvent(deps: SyncDeps, event: ClaimedEvent, holder: string): Promise<EventOutcome> {

@@ -45,6 +45,12 @@ export interface ReplayResult {
 
 interface SelectedEvent { id: number; status: string; email: string; lesson_id: number; last_error_code: string | null; last_error: string | null }
 
+function notReplayedReason(d: { reason: string; eventStatus?: string }): string {
+  if (d.reason === 'in_flight') return 'being processed right now';
+  if (d.reason === 'student_busy') return 'another event of this student is being processed: replay it again in a minute';
+  return `status ${d.eventStatus}${d.eventStatus === 'done' ? ': send "force": true to redo' : ''}`;
+}
+
 export async function runReplay(rt: Runtime, req: ReplayRequest, budgetMs = 40_000): Promise<ReplayResult> {
   const started = rt.clock.now();
   const statuses = req.status ? [req.status] : [...REPLAYABLE, 'pending', ...(req.force ? ['done'] : [])];
@@ -75,7 +81,7 @@ export async function runReplay(rt: Runtime, req: ReplayRequest, budgetMs = 40_0
     const delivered = await deliverEvent(inv.sync, event.id, inv.holder, statuses);
     results.push(delivered.claimed
       ? { id: event.id, before: event.status, outcome: delivered.outcome.status, lead_id: delivered.outcome.leadId, code: delivered.outcome.code, message: delivered.outcome.message }
-      : { id: event.id, before: event.status, outcome: 'not_replayed', message: delivered.reason === 'in_flight' ? 'being processed right now' : `status ${delivered.eventStatus}${delivered.eventStatus === 'done' ? ': send "force": true to redo' : ''}` });
+      : { id: event.id, before: event.status, outcome: 'not_replayed', message: notReplayedReason(delivered) });
   }
   return { dryRun: false, selected: selected.length, results, complete: !mayHaveMore, ...(mayHaveMore ? { next: { afterId: last } } : {}) };
 }

@@ -314,11 +314,28 @@ begin
                             'stage_number', v.stage_number);
 end $$;
 
+-- One student's events are processed one at a time, whoever claims them (webhook,
+-- scheduled run, replay): a slow move of lesson 1 must never land after lesson 2's and
+-- pull the deal back. A transaction-scoped advisory lock per student serializes the
+-- claims themselves; a live lease on a sibling event makes the claim wait its turn.
+create or replace function amocrm.student_lock_key(p_user_id uuid) returns bigint
+language sql immutable set search_path = '' as $$
+  select hashtextextended(p_user_id::text, 4242)
+$$;
+
+create or replace function amocrm.student_busy(p_user_id uuid, p_except bigint) returns boolean
+language sql stable set search_path = '' as $$
+  select exists (select 1 from amocrm.sync_events o
+                  where o.user_id = p_user_id and o.id <> p_except
+                    and o.status = 'processing' and o.lease_until > now())
+$$;
+
 -- Claims one event for this invocation with a lease. Only events in p_statuses (or a
 -- processing event whose lease expired) can be claimed; anything else answers why not,
 -- so a duplicate delivery of a done, failed or in-flight event does no second amoCRM
 -- work. The webhook claims pending events only: failed ones belong to the scheduled run
--- (when due) and to replay, which pass their statuses explicitly.
+-- (when due) and to replay, which pass their statuses explicitly. While another event of
+-- the same student is in flight the answer is reason=student_busy.
 create or replace function public.amocrm_claim_event(
   p_event_id bigint, p_holder text, p_lease_seconds integer default 60,
   p_statuses text[] default array['pending'])
@@ -327,6 +344,15 @@ language plpgsql security definer set search_path = '' as $$
 declare
   e amocrm.sync_events;
 begin
+  select * into e from amocrm.sync_events s where s.id = p_event_id;
+  if not found then
+    return jsonb_build_object('claimed', false, 'reason', 'not_found');
+  end if;
+  perform pg_advisory_xact_lock(amocrm.student_lock_key(e.user_id));
+  if (e.status = any(p_statuses) or (e.status = 'processing' and e.lease_until < now()))
+     and amocrm.student_busy(e.user_id, e.id) then
+    return jsonb_build_object('claimed', false, 'reason', 'student_busy', 'event', amocrm.event_json(e));
+  end if;
   update amocrm.sync_events s
      set status = 'processing', lease_holder = p_holder,
          lease_until = now() + make_interval(secs => p_lease_seconds),
@@ -338,9 +364,6 @@ begin
     return jsonb_build_object('claimed', true, 'event', amocrm.event_json(e));
   end if;
   select * into e from amocrm.sync_events s where s.id = p_event_id;
-  if not found then
-    return jsonb_build_object('claimed', false, 'reason', 'not_found');
-  end if;
   return jsonb_build_object('claimed', false,
     'reason', case when e.status = 'processing' then 'in_flight' else 'status' end,
     'event', amocrm.event_json(e));
@@ -348,29 +371,43 @@ end $$;
 
 -- Claims up to p_limit due events for the scheduled run: pending or failed-retryable whose
 -- next_attempt_at has come, and processing ones whose lease expired (a killed invocation).
--- SKIP LOCKED: overlapping runs never claim the same event.
+-- SKIP LOCKED: overlapping runs never claim the same event. At most one event per student,
+-- and none of a student whose other event is in flight (see amocrm_claim_event).
 create or replace function public.amocrm_claim_due(
   p_holder text, p_limit integer default 20, p_lease_seconds integer default 60)
 returns jsonb
-language sql security definer set search_path = '' as $$
-  with due as (
-    select s.id from amocrm.sync_events s
+language plpgsql security definer set search_path = '' as $$
+declare
+  r record;
+  e amocrm.sync_events;
+  v_users uuid[] := '{}';
+  v_out jsonb := '[]'::jsonb;
+begin
+  for r in
+    select s.id, s.user_id from amocrm.sync_events s
      where (s.status = 'pending' and s.next_attempt_at <= now())
         or (s.status = 'failed' and s.retryable and s.next_attempt_at <= now())
         or (s.status = 'processing' and s.lease_until < now())
      order by s.next_attempt_at, s.id
-     limit p_limit
+     limit greatest(p_limit, 1) * 4
      for update skip locked
-  ), claimed as (
+  loop
+    exit when jsonb_array_length(v_out) >= p_limit;
+    continue when r.user_id = any(v_users);
+    -- Another transaction is claiming for this student right now: leave it to them.
+    continue when not pg_try_advisory_xact_lock(amocrm.student_lock_key(r.user_id));
+    continue when amocrm.student_busy(r.user_id, r.id);
     update amocrm.sync_events s
        set status = 'processing', lease_holder = p_holder,
            lease_until = now() + make_interval(secs => p_lease_seconds),
            attempts = s.attempts + 1, updated_at = now()
-      from due where s.id = due.id
-    returning s.*
-  )
-  select coalesce(jsonb_agg(amocrm.event_json(c) order by c.id), '[]'::jsonb) from claimed c
-$$;
+     where s.id = r.id
+    returning * into e;
+    v_users := v_users || r.user_id;
+    v_out := v_out || jsonb_build_array(amocrm.event_json(e));
+  end loop;
+  return v_out;
+end $$;
 
 -- Records the outcome of a claimed event. Only the lease holder may record it (a lost
 -- lease answers recorded=false). p_outcome:

@@ -64,11 +64,24 @@ describe.runIf(usingPostgres)('concurrency (PostgreSQL)', () => {
     expect(await t.sql('select id from amocrm.sync_events where user_id = $1', [user])).toHaveLength(1);
   });
 
+  it("one student's two events claimed at once by 10 callers each: only one runs", async () => {
+    await t.sql('delete from amocrm.sync_events');
+    const user = await createUser(t, uniqueEmail());
+    const a = await insertEvent(t, { user_id: user, lesson_id: 67 });
+    const b = await insertEvent(t, { user_id: user, lesson_id: 68, stage_number: 2 });
+    const answers = await Promise.all(Array.from({ length: 20 }, (_, i) =>
+      rpc('amocrm_claim_event', { p_event_id: i % 2 ? a : b, p_holder: `h${i}` })));
+    expect(answers.filter((x) => x.claimed)).toHaveLength(1);
+    expect(new Set(answers.filter((x) => !x.claimed).map((x) => x.reason))).toEqual(new Set(['student_busy', 'in_flight']));
+    expect((await t.sql(`select count(*)::int as n from amocrm.sync_events where user_id = $1 and status = 'processing'`, [user]))[0]!.n).toBe(1);
+  });
+
   it('2 overlapping amocrm_claim_due callers over 50 due events: disjoint sets whose union is all 50', async () => {
     await t.sql('delete from amocrm.sync_events');
     const user = await createUser(t, uniqueEmail());
     const ids: number[] = [];
-    for (let i = 0; i < 50; i += 1) ids.push(await insertEvent(t, { user_id: user, lesson_id: 1000 + i }));
+    // One student per event: a student's own events are claimed one at a time.
+    for (let i = 0; i < 50; i += 1) ids.push(await insertEvent(t, { user_id: await createUser(t, uniqueEmail()), lesson_id: 1000 + i }));
     await t.sql(`update amocrm.sync_events set next_attempt_at = now() - interval '1 second'`);
 
     // Each caller keeps claiming small batches until nothing is left, as overlapping
@@ -96,7 +109,7 @@ describe.runIf(usingPostgres)('concurrency (PostgreSQL)', () => {
   it('2 callers asking for all 50 at once: still disjoint, union all 50', async () => {
     await t.sql('delete from amocrm.sync_events');
     const user = await createUser(t, uniqueEmail());
-    for (let i = 0; i < 50; i += 1) await insertEvent(t, { user_id: user, lesson_id: 2000 + i });
+    for (let i = 0; i < 50; i += 1) await insertEvent(t, { user_id: await createUser(t, uniqueEmail()), lesson_id: 2000 + i });
     await t.sql(`update amocrm.sync_events set next_attempt_at = now() - interval '1 second'`);
     const [a, b] = (await Promise.all([
       rpc('amocrm_claim_due', { p_holder: 'x', p_limit: 50 }),

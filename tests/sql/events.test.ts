@@ -289,8 +289,9 @@ describe('outbox events', () => {
       await t.sql('delete from amocrm.sync_events');
       const user = await createUser(t, uniqueEmail());
       const past = "now() - interval '5 seconds'";
+      // One student per event: a student's events are claimed one at a time (tested below).
       const arrange = async (lesson: number, status: string, extra: string) => {
-        const id = await insertEvent(t, { user_id: user, lesson_id: lesson, status });
+        const id = await insertEvent(t, { user_id: await createUser(t, uniqueEmail()), lesson_id: lesson, status });
         await t.sql(`update amocrm.sync_events set ${extra} where id = $1`, [id]);
         return id;
       };
@@ -332,7 +333,7 @@ describe('outbox events', () => {
       const user = await createUser(t, uniqueEmail());
       const ids: number[] = [];
       for (let i = 0; i < 5; i += 1) {
-        const id = await insertEvent(t, { user_id: user, lesson_id: 100 + i, status: 'pending' });
+        const id = await insertEvent(t, { user_id: i === 0 ? user : await createUser(t, uniqueEmail()), lesson_id: 100 + i, status: 'pending' });
         await t.sql(`update amocrm.sync_events set next_attempt_at = now() - make_interval(secs => $2) where id = $1`, [
           id,
           100 - i,
@@ -343,6 +344,25 @@ describe('outbox events', () => {
       expect(first.map((e) => e.id)).toEqual(ids.slice(0, 2));
       const rest = (await rpc('amocrm_claim_due', { p_holder: 'b', p_limit: 10 })) as unknown as J[];
       expect(rest.map((e) => e.id)).toEqual(ids.slice(2));
+    });
+
+    it("claims one event per student at a time, and none while the student's other event is in flight", async () => {
+      await t.sql('delete from amocrm.sync_events');
+      const user = await createUser(t, uniqueEmail());
+      const other = await createUser(t, uniqueEmail());
+      const ids: number[] = [];
+      for (const [u, lesson] of [[user, 67], [user, 68], [other, 67]] as const) {
+        const id = await insertEvent(t, { user_id: u, lesson_id: lesson, status: 'pending' });
+        await t.sql(`update amocrm.sync_events set next_attempt_at = now() - interval '1 second' where id = $1`, [id]);
+        ids.push(id);
+      }
+      const first = (await rpc('amocrm_claim_due', { p_holder: 'a', p_limit: 10 })) as unknown as J[];
+      expect(first.map((e) => e.id).sort((a, b) => a - b)).toEqual([ids[0], ids[2]]);
+      // The student's lesson 68 waits while lesson 67 is in flight, by either path.
+      expect(await rpc('amocrm_claim_due', { p_holder: 'b', p_limit: 10 })).toEqual([]);
+      expect(await rpc('amocrm_claim_event', { p_event_id: ids[1], p_holder: 'webhook' })).toMatchObject({ claimed: false, reason: 'student_busy' });
+      await rpc('amocrm_finish_event', { p_event_id: ids[0], p_holder: 'a', p_outcome: 'done' });
+      expect(await rpc('amocrm_claim_event', { p_event_id: ids[1], p_holder: 'webhook' })).toMatchObject({ claimed: true });
     });
   });
 });

@@ -191,7 +191,7 @@ describe('tokens', () => {
       await t.sql('delete from amocrm.sync_events');
       const user = await createUser(t, uniqueEmail());
       const parked1 = await insertEvent(t, { user_id: user, lesson_id: 67, status: 'parked' });
-      const parked2 = await insertEvent(t, { user_id: user, lesson_id: 68, stage_number: 2, status: 'parked' });
+      const parked2 = await insertEvent(t, { user_id: await createUser(t, uniqueEmail()), lesson_id: 68, stage_number: 2, status: 'parked' });
       const done = await insertEvent(t, { user_id: user, lesson_id: 69, stage_number: 3, status: 'done' });
       await t.sql(`update amocrm.sync_events set next_attempt_at = now() + interval '1 day'`);
 

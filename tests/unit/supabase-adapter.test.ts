@@ -32,7 +32,7 @@ describe('supabase-js adapter', () => {
     const missing = await db.rpc('amocrm_missing').catch((e) => e);
     expect(missing).toBeInstanceOf(DbError);
     expect(missing).toMatchObject({ fn: 'amocrm_missing', code: 'PGRST202' });
-    const denied = await db.rpc('amocrm_get_tokens').catch((e) => e);
+    const denied = (await db.rpc("amocrm_get_tokens").catch((e: unknown) => e)) as DbError;
     expect(denied).toMatchObject({ code: '42501' });
     expect(String(denied.message)).not.toContain('service-role-key-for-tests');
   });
