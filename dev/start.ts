@@ -11,7 +11,7 @@ say(`Встроенный режим запущен за ${Date.now() - t0} мс
 
 const student = await app.addStudent('aida.nurlanovna@student.kz');
 // A decoy the substring search also finds: a different student whose address contains hers.
-await app.addStudent('x.aida.nurlanovna@student.kz.example');
+const second = await app.addStudent('x.aida.nurlanovna@student.kz.example');
 say(`Студентка aida.nurlanovna@student.kz, сделка ${student.leadId} на этапе «Новая заявка» (${LOCAL.stages.incoming})`);
 
 const stageName = new Map<number, string>([
@@ -30,10 +30,11 @@ say(`Outbox: ${events.map((e) => `#${e.id} урок ${e.lesson_id} → ${e.statu
 const counts = app.amo.counts();
 console.log(`   запросов к amoCRM: ${counts.total} (обновлений токена: ${counts.refreshes}, 429: ${counts.tooMany})`);
 
-say('Сервер продолжает работать. Свой вебхук (формат Database Webhook Supabase):');
+say(`Сервер продолжает работать. Вторая студентка (${second.userId}) ещё не начинала: её урок 67 через вебхук (формат Database Webhook Supabase):`);
 console.log(`curl -s -X POST ${app.url}/api/amocrm/lesson-completed \\
   -H 'content-type: application/json' -H 'x-webhook-secret: ${LOCAL.webhookSecret}' \\
-  -d '{"type":"INSERT","table":"lesson_progress","schema":"public","record":{"user_id":"${student.userId}","lesson_id":69},"old_record":null}'`);
+  -d '{"type":"INSERT","table":"lesson_progress","schema":"public","record":{"user_id":"${second.userId}","lesson_id":67},"old_record":null}'`);
+console.log(`curl -s -H 'authorization: Bearer ${LOCAL.replayToken}' ${app.url}/api/amocrm/status`);
 console.log('Ctrl+C — остановить.');
 
 const stop = async () => {
