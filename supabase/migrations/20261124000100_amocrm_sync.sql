@@ -694,19 +694,29 @@ language sql security definer set search_path = '' as $$
 $$;
 
 -- ---------------------------------------------------------------------------
--- Grants: functions are executable by PUBLIC by default. Only service_role may call these.
+-- Grants: functions are executable by PUBLIC by default. Only service_role may call the
+-- public.amocrm_* functions; nobody but their owner calls the internal amocrm.* ones.
+-- Every migration of this integration ends by calling this, so no later function is
+-- left open by accident.
 -- ---------------------------------------------------------------------------
-do $$
+create or replace function amocrm.lock_down_functions() returns void
+language plpgsql set search_path = '' as $$
 declare
-  f regprocedure;
+  f record;
 begin
   for f in
-    select p.oid::regprocedure from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    select p.oid::regprocedure as sig, n.nspname = 'public' as rpc
+      from pg_proc p join pg_namespace n on n.oid = p.pronamespace
      where (n.nspname = 'public' and p.proname like 'amocrm\_%') or n.nspname = 'amocrm'
   loop
-    execute format('revoke all on function %s from public, anon, authenticated', f);
-    if f::text like 'amocrm\_%' or f::text like 'public.amocrm\_%' then
-      execute format('grant execute on function %s to service_role', f);
+    execute format('revoke all on function %s from public, anon, authenticated', f.sig);
+    if f.rpc then
+      execute format('grant execute on function %s to service_role', f.sig);
     end if;
   end loop;
 end $$;
+
+select amocrm.lock_down_functions();
+
+-- PostgREST learns about the new functions (ignored where nobody listens).
+notify pgrst, 'reload schema';

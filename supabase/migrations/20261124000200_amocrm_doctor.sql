@@ -148,8 +148,7 @@ begin
     'checked_at', now());
 end $$;
 
-revoke all on function public.amocrm_doctor_facts() from public, anon, authenticated;
-grant execute on function public.amocrm_doctor_facts() to service_role;
+select amocrm.lock_down_functions();
 
 -- PostgREST learns about the new function (ignored where nobody listens).
 notify pgrst, 'reload schema';

@@ -94,15 +94,7 @@ language sql stable security definer set search_path = '' as $$
          order by e.updated_at desc limit greatest(0, least(p_failures, 100))) f), '[]'::jsonb))
 $$;
 
-do $$
-declare
-  f regprocedure;
-begin
-  for f in
-    select p.oid::regprocedure from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-     where n.nspname = 'public' and p.proname in ('amocrm_resume_parked', 'amocrm_reconcile', 'amocrm_select_events', 'amocrm_status')
-  loop
-    execute format('revoke all on function %s from public, anon, authenticated', f);
-    execute format('grant execute on function %s to service_role', f);
-  end loop;
-end $$;
+select amocrm.lock_down_functions();
+
+-- PostgREST learns about the new functions (ignored where nobody listens).
+notify pgrst, 'reload schema';
