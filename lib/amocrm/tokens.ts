@@ -215,8 +215,10 @@ export class TokenManager implements TokenSource {
         }
         await this.breakChain(error.code, error.message, error.details.whatToDo ?? REAUTH_HINT, true);
       }
-      // Network/5xx: the lease goes back; amoCRM keeps the old refresh token valid until
-      // the new pair is first used, so the next attempt can still complete the rotation.
+      // Network/5xx/lost answer: the lease goes back and the event is retried. Kommo's docs
+      // say the old refresh token stays valid until the new pair is first used, so the
+      // next attempt may still complete the rotation; if amoCRM refuses it instead (single
+      // use), that attempt breaks the chain above and tells the operator, once.
       await db.rpc('amocrm_abort_refresh', { p_holder: holder });
       throw error;
     }
