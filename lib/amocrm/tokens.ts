@@ -62,6 +62,12 @@ export class TokenManager implements TokenSource {
    * rotated, so it is the only live token: use it for the rest of this invocation.
    */
   private unstored?: AccessToken;
+  /**
+   * The token this invocation last read or got, until it nears expiry: an invocation
+   * makes several amoCRM requests, and re-reading the database before each would double
+   * the round trips on the hot path. A 401 drops it.
+   */
+  private cached?: { token: AccessToken; usableUntil: number };
   private readonly marginMs: number;
   private readonly waitMs: number;
   private readonly leaseSeconds: number;
@@ -80,6 +86,7 @@ export class TokenManager implements TokenSource {
 
   async current(): Promise<AccessToken> {
     if (this.unstored) return this.unstored;
+    if (this.cached && this.cached.usableUntil > this.o.clock.now()) return this.cached.token;
     const stored = await this.read();
     const usable = this.usable(stored);
     if (usable) return usable;
@@ -88,6 +95,7 @@ export class TokenManager implements TokenSource {
 
   async afterUnauthorized(used: AccessToken): Promise<AccessToken> {
     this.unstored = undefined;
+    this.cached = undefined;
     const stored = await this.read();
     if (stored.version !== used.version) {
       const usable = this.usable(stored);
@@ -126,10 +134,15 @@ export class TokenManager implements TokenSource {
         throw needsOperator('long_lived_expired', `срок долгосрочного токена истёк ${stored.expires_at}`,
           'выпустите новый долгосрочный токен и сохраните его: npm run amocrm -- store-long-lived <токен>');
       }
-      return { accessToken: stored.access_token!, version: stored.version! };
+      return this.remember({ accessToken: stored.access_token!, version: stored.version! }, this.o.clock.now() + left);
     }
-    if (left > this.marginMs) return { accessToken: stored.access_token!, version: stored.version! };
+    if (left > this.marginMs) return this.remember({ accessToken: stored.access_token!, version: stored.version! }, this.o.clock.now() + left - this.marginMs);
     return undefined;
+  }
+
+  private remember(token: AccessToken, usableUntil: number): AccessToken {
+    this.cached = { token, usableUntil };
+    return token;
   }
 
   private assertChainUsable(stored: StoredTokens): void {
@@ -228,7 +241,7 @@ export class TokenManager implements TokenSource {
       return this.unstored;
     }
     log.ok('Токены успешно обновлены', { expires_at: pair.expiresAt.toISOString(), version: stored });
-    return { accessToken: pair.accessToken, version: stored };
+    return this.remember({ accessToken: pair.accessToken, version: stored }, pair.expiresAt.getTime() - this.marginMs);
   }
 
   /**
