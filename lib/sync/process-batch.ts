@@ -30,17 +30,8 @@ export async function processBatch(deps: SyncDeps, events: ClaimedEvent[], holde
   };
 
   try {
-    // One event per student per batch: a student's later lesson waits for the next batch,
-    // so two moves of one deal are never planned from the same stale read.
-    const seen = new Set<string>();
-    for (const event of events) {
-      if (seen.has(event.user_id)) {
-        await finish(deps.db, event, holder, 'deferred', { retry_in_ms: 0 });
-        settle(event, { eventId: event.id, status: 'deferred', moved: false });
-      }
-      seen.add(event.user_id);
-    }
-
+    // amocrm_claim_due hands out at most one event per student, so no two moves of one
+    // student's deal are planned from the same read.
     // Deals already known: read in bulk. Unknown ones (or gone from the pipeline) take
     // the one-at-a-time path, which searches by e-mail.
     const known = [...pending].filter((e) => e.cached_lead_id && e.email);
