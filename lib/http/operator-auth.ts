@@ -1,16 +1,13 @@
 // The operator endpoints (replay, status) take AMOCRM_REPLAY_TOKEN as a Bearer token, or
 // as the password of HTTP Basic auth so a browser can open the status page.
-import { createHash, timingSafeEqual } from 'node:crypto';
-import { bearerMatches } from '../webhook/verify.ts';
+import { bearerMatches, safeEqual } from '../webhook/verify.ts';
 import { errorResponse } from './respond.ts';
 
 function basicMatches(headers: Headers, token: string): boolean {
   const encoded = /^Basic\s+(.+)$/i.exec(headers.get('authorization') ?? '')?.[1];
   if (!encoded) return false;
   const password = Buffer.from(encoded, 'base64').toString('utf8').split(':').slice(1).join(':');
-  const a = createHash('sha256').update(password).digest();
-  const b = createHash('sha256').update(token).digest();
-  return timingSafeEqual(a, b);
+  return safeEqual(password, token);
 }
 
 /** null when authorized, else the 401/503 answer to return. */

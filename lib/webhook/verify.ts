@@ -21,7 +21,7 @@ export function sign(secret: string, id: string, timestamp: string, body: string
 }
 
 // Hashing both sides first makes the comparison constant-time regardless of length.
-function safeEqual(a: string, b: string): boolean {
+export function safeEqual(a: string, b: string): boolean {
   return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
 }
 

@@ -27,6 +27,17 @@ function sign(key: Buffer, id: string, ts: string, body: string): string {
   return `v1,${createHmac('sha256', key).update(`${id}.${ts}.${body}`, 'utf8').digest('base64')}`;
 }
 
+
+/** Replaces amocrm.record_event with one that always raises: the outbox insert fails. */
+const breakOutbox = (t: TestDatabase) => t.sql(`
+  create or replace function amocrm.record_event(
+    p_user_id uuid, p_lesson_id integer, p_source text, p_progress_id text,
+    out event_id bigint, out created boolean, out stage_number smallint)
+  returns record language plpgsql set search_path = '' as $$
+  begin
+    raise exception 'simulated outbox failure';
+  end $$`);
+
 describe('lesson_progress trigger (pg_net present)', () => {
   let t: TestDatabase;
   beforeAll(async () => {
@@ -238,14 +249,7 @@ describe('lesson_progress trigger (pg_net absent)', () => {
   });
 
   it('if amocrm.record_event raises, the student insert still succeeds', async () => {
-    await t.sql(`
-      create or replace function amocrm.record_event(
-        p_user_id uuid, p_lesson_id integer, p_source text, p_progress_id text,
-        out event_id bigint, out created boolean, out stage_number smallint)
-      returns record language plpgsql set search_path = '' as $$
-      begin
-        raise exception 'simulated outbox failure';
-      end $$`);
+    await breakOutbox(t);
     const user = await createUser(t, uniqueEmail());
     const row = await completeLesson(t, user, 69);
     expect(row.id).toBeTruthy();
@@ -259,14 +263,7 @@ describe('lesson_progress trigger when the outbox insert raises (pg_net present)
   beforeAll(async () => {
     t = await createTestDatabase();
     await configureWebhook(t);
-    await t.sql(`
-      create or replace function amocrm.record_event(
-        p_user_id uuid, p_lesson_id integer, p_source text, p_progress_id text,
-        out event_id bigint, out created boolean, out stage_number smallint)
-      returns record language plpgsql set search_path = '' as $$
-      begin
-        raise exception 'simulated outbox failure';
-      end $$`);
+    await breakOutbox(t);
   });
   afterAll(async () => {
     await t?.close();
