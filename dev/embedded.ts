@@ -7,7 +7,7 @@ import type { Db } from '../lib/db/port.ts';
 import { pgliteDb } from '../lib/db/sql-adapters.ts';
 import { createLogger, type Logger } from '../lib/log.ts';
 import { buildRuntime, installRuntime, type Runtime } from '../lib/runtime.ts';
-import { startAmoStandin, type AmoStandin } from './amocrm-standin.ts';
+import { startAmoStandin, type AmoStandin } from './amocrm-standin/index.ts';
 import { openPglite } from './database.ts';
 import { startPgNetWorker } from './pgnet-worker.ts';
 import { startFunctionServer } from './server.ts';

@@ -9,7 +9,7 @@ import { tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { build } from 'esbuild';
-import { startAmoStandin, type AmoStandin } from '../dev/amocrm-standin.ts';
+import { startAmoStandin, type AmoStandin } from '../dev/amocrm-standin/index.ts';
 import { createPostgresDatabase, openPglite } from '../dev/database.ts';
 import { startPgNetWorker, type SqlRunner } from '../dev/pgnet-worker.ts';
 import { startFunctionServer } from '../dev/server.ts';

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { startAmoStandin, type AmoStandin, type StandinOptions } from '../dev/amocrm-standin.ts';
+import { startAmoStandin, type AmoStandin, type StandinOptions } from '../dev/amocrm-standin/index.ts';
 
 const CLIENT = { client_id: 'standin-client-id', client_secret: 'standin-client-secret', redirect_uri: 'https://example.test/oauth' };
 const TRIPWIRE = 7777;

@@ -5,7 +5,7 @@ import type { Db } from '../../lib/db/port.ts';
 import { memoryLogger } from '../../lib/log.ts';
 import { buildRuntime, type Runtime } from '../../lib/runtime.ts';
 import { sign } from '../../lib/webhook/verify.ts';
-import { startAmoStandin, type AmoStandin, type StandinOptions } from '../../dev/amocrm-standin.ts';
+import { startAmoStandin, type AmoStandin, type StandinOptions } from '../../dev/amocrm-standin/index.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 
 export const PIPELINE = 5_000_001;
