@@ -11,7 +11,11 @@ import { LOST_STATUS_ID, WON_STATUS_ID, type Pipeline } from './amocrm/resources
 import { jwtExpiry } from './amocrm/tokens.ts';
 import { ConfigError, loadConfig, parseEnv, PLACEHOLDER_STAGE_IDS, type Env } from './config.ts';
 import type { Db } from './db/port.ts';
+import { doctorFacts } from './db/settings.ts';
 import { memoryLogger, redact } from './log.ts';
+import { errorText } from './ops/failure.ts';
+import { DAY_MS, inWords, iso } from './ops/time-words.ts';
+import { EXAMPLE_SUBDOMAIN, exampleHostOf, OAUTH_VARS, STAGE_VARS, URL_VARS } from './ops/variables.ts';
 import { buildRuntime, type Runtime } from './runtime.ts';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
@@ -36,6 +40,10 @@ export interface DoctorDeps {
   requireSupabase?: boolean;
   /** How the database was reached, for the report (e.g. "embedded PGlite"). */
   databaseLabel?: string;
+  /** The database the CLI was pointed at did not answer: what happened, in words. */
+  databaseError?: string;
+  /** The CLI found no .env file: a first-time user gets told where to start. */
+  dotEnvMissing?: boolean;
   now?: () => number;
 }
 
@@ -74,8 +82,6 @@ export function formatCheck(r: CheckResult): string {
 export const hasFailures = (results: CheckResult[]) => results.some((r) => r.status === 'fail');
 export const exitCodeOf = (results: CheckResult[]): 0 | 1 => (hasFailures(results) ? 1 : 0);
 
-const STAGE_VARS = ['AMOCRM_STAGE_LESSON_1', 'AMOCRM_STAGE_LESSON_2', 'AMOCRM_STAGE_LESSON_3'] as const;
-const OAUTH_VARS = ['AMOCRM_CLIENT_ID', 'AMOCRM_CLIENT_SECRET', 'AMOCRM_REDIRECT_URI'] as const;
 const NETLIFY_ENV = 'Netlify → Site configuration → Environment variables (and .env locally)';
 const EXPECTED_TABLES = ['rate_limiter', 'student_leads', 'sync_events', 'system_settings'];
 const EXPECTED_FUNCTIONS = [
@@ -87,7 +93,6 @@ const EXPECTED_FUNCTIONS = [
 ];
 const MIGRATE = 'apply the migrations in supabase/migrations (supabase db push, or paste them into the SQL editor in order)';
 const REAUTH = 'authorize again and store the tokens: npm run amocrm -- exchange-code <code from amoCRM>';
-const DAY = 86_400_000;
 
 const HINTS: Record<string, string> = {
   SUPABASE_URL: 'set it to the Project URL from Supabase → Project Settings → API (https://<ref>.supabase.co)',
@@ -103,22 +108,10 @@ const HINTS: Record<string, string> = {
   AMOCRM_STAGE_LESSON_2: 'npm run amocrm -- pipelines lists the stage ids',
   AMOCRM_STAGE_LESSON_3: 'npm run amocrm -- pipelines lists the stage ids',
   AMOCRM_WEBHOOK_SECRET: "generate one (node -e \"console.log('whsec_'+require('crypto').randomBytes(24).toString('base64'))\") and store the same value as webhook_secret in amocrm.system_settings",
-  AMOCRM_REPLAY_TOKEN: 'use a random string of at least 16 characters',
+  AMOCRM_REPLAY_TOKEN: 'generate one: openssl rand -hex 32',
 };
 
 const isBlank = (v: string | undefined) => v === undefined || v.trim() === '';
-const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
-
-function inWords(ms: number): string {
-  const abs = Math.abs(ms);
-  const text = abs >= 2 * DAY ? `${Math.round(abs / DAY)} days` : abs >= 3_600_000 ? `${Math.round(abs / 3_600_000)} h` : `${Math.max(1, Math.round(abs / 60_000))} min`;
-  return ms >= 0 ? `in ${text}` : `${text} ago`;
-}
-
-function errorText(err: unknown): string {
-  if (err instanceof AmoError) return `${err.message} (${err.code})`;
-  return String((err as Error)?.message ?? err);
-}
 
 /** The claims of a JWT-shaped key, unverified (only to tell an anon key from a service key). */
 function jwtClaims(token: string): Record<string, unknown> | undefined {
@@ -146,6 +139,10 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     env = parseEnv(raw);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
+    if (deps.dotEnvMissing) {
+      add('fail', '.env', 'no .env file here, and the environment does not configure the sync',
+        'cp .env.example .env and fill it in (each line below names a variable), or try a fresh local stack: npm run doctor -- --embedded');
+    }
     const seen = new Set<string>();
     for (const p of err.problems) {
       const key = `${p.variable}:${p.message}`;
@@ -174,7 +171,23 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
   }
   if (env) {
     const base = env.AMOCRM_BASE_URL ?? `https://${env.AMOCRM_SUBDOMAIN}.${env.AMOCRM_BASE_DOMAIN}`;
-    add('ok', 'env', `all variables present and well-formed (amoCRM ${base.replace(/\/+$/, '')}, pipeline ${env.AMOCRM_PIPELINE_ID}, stages ${env.AMOCRM_STAGE_LESSON_1}, ${env.AMOCRM_STAGE_LESSON_2}, ${env.AMOCRM_STAGE_LESSON_3}; webhook secret set (${env.AMOCRM_WEBHOOK_SECRET.length} chars))`);
+    const replay = env.AMOCRM_REPLAY_TOKEN ? `, replay token set (${env.AMOCRM_REPLAY_TOKEN.length} chars)` : '';
+    add('ok', 'env', `required variables present and well-formed (amoCRM ${base.replace(/\/+$/, '')}, pipeline ${env.AMOCRM_PIPELINE_ID}, stages ${env.AMOCRM_STAGE_LESSON_1}, ${env.AMOCRM_STAGE_LESSON_2}, ${env.AMOCRM_STAGE_LESSON_3}; webhook secret set (${env.AMOCRM_WEBHOOK_SECRET.length} chars)${replay})`);
+  }
+  // Optional for the sync, but without it the operator endpoints answer 503 to everyone.
+  if (isBlank(raw.AMOCRM_REPLAY_TOKEN) && !badVars.has('AMOCRM_REPLAY_TOKEN')) {
+    badVars.add('AMOCRM_REPLAY_TOKEN');
+    add('fail', 'AMOCRM_REPLAY_TOKEN', 'missing — /api/amocrm/replay and /api/amocrm/status answer 503 to every call without it',
+      `${HINTS.AMOCRM_REPLAY_TOKEN}; set it in ${NETLIFY_ENV}`);
+  }
+
+  // .env.example's URLs, copied but not replaced: well-formed, and nobody's project.
+  for (const variable of URL_VARS) {
+    const host = exampleHostOf(raw[variable]);
+    if (!host || badVars.has(variable)) continue;
+    badVars.add(variable);
+    add('fail', variable, `${host} is the example from .env.example, not your ${host.endsWith('supabase.co') ? 'Supabase project' : 'site'}`,
+      `${HINTS[variable] ?? 'replace it with the real URL'}; set it in ${NETLIFY_ENV}`);
   }
 
   // Supabase: how the deployed functions reach the database.
@@ -197,7 +210,7 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
       badVars.add(variable);
       add('fail', variable, detail, `${fix}; set it in ${NETLIFY_ENV}`);
     }
-    if (problems.length === 0) {
+    if (problems.length === 0 && !badVars.has(urlVar!)) {
       add('ok', 'Supabase', `${urlVar} ${new URL(url!).origin}${urlVar === 'SUPABASE_DATABASE_URL' ? ' (read as SUPABASE_URL)' : ''}, service role key set (${key!.length} chars)`);
     }
   }
@@ -224,7 +237,7 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     else {
       const left = exp.getTime() - now();
       if (left <= 0) add('fail', 'AMOCRM_LONG_LIVED_TOKEN', `expired ${iso(exp.getTime())}`, 'issue a new long-lived token in amoCRM (integration → Keys and scopes), set AMOCRM_LONG_LIVED_TOKEN and run npm run amocrm -- store-long-lived <token>');
-      else if (left < 30 * DAY) add('warn', 'long-lived token', `expires ${iso(exp.getTime())} (${inWords(left)}): issue a new one before then`);
+      else if (left < 30 * DAY_MS) add('warn', 'long-lived token', `expires ${iso(exp.getTime())} (${inWords(left)}): issue a new one before then`);
       else add('ok', 'long-lived token', `AMOCRM_LONG_LIVED_TOKEN set, expires ${iso(exp.getTime())} (${inWords(left)})`);
     }
   } else if (OAUTH_VARS.every((v) => !isBlank(raw[v]) && !badVars.has(v))) {
@@ -233,13 +246,15 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
 
   // --- 4. Database --------------------------------------------------------------------------
   let facts: DoctorFacts | undefined;
-  if (!deps.db) {
+  if (!deps.db && deps.databaseError) {
+    add('fail', 'database', deps.databaseError, 'check the database URL (--database-url, DATABASE_URL or SUPABASE_URL) and that the server is running');
+  } else if (!deps.db) {
     const reported = ['SUPABASE_URL', 'SUPABASE_DATABASE_URL', 'SUPABASE_SERVICE_ROLE_KEY'].some((v) => badVars.has(v));
     add(reported ? 'warn' : 'fail', 'database', 'not checked: no database connection',
-      'set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or pass --database-url postgres://…)');
+      'set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or pass --database-url postgres://…, or --embedded for a fresh local stack)');
   } else {
     try {
-      facts = await deps.db.rpc<DoctorFacts>('amocrm_doctor_facts');
+      facts = await doctorFacts<DoctorFacts>(deps.db);
       add('ok', 'database', `${deps.databaseLabel ?? 'reachable'}: amocrm_doctor_facts answered`);
     } catch (err) {
       const code = (err as { code?: string }).code;
@@ -261,12 +276,19 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     // The doctor's own logger: a token refresh it causes is not one of its report lines.
     runtime = buildRuntime(loadConfig(raw), deps.db, { log: memoryLogger() });
   }
+  let accountAnswered = false;
   if (!runtime) {
     add('warn', 'amoCRM', `not checked: ${!env ? 'fix the variables above first' : 'the database is needed for tokens and the rate limit'}`);
   } else if (!tokensUsable) {
     add('warn', 'amoCRM', 'not checked: no usable tokens (see tokens above)');
   } else {
-    await checkAmo(runtime, add);
+    accountAnswered = await checkAmo(runtime, add);
+  }
+
+  // .env.example's subdomain may well be the real account: doubt it only while amoCRM
+  // has not answered for it.
+  if (raw.AMOCRM_SUBDOMAIN?.trim().toLowerCase() === EXAMPLE_SUBDOMAIN && isBlank(raw.AMOCRM_BASE_URL) && !accountAnswered) {
+    add('warn', 'AMOCRM_SUBDOMAIN', `${EXAMPLE_SUBDOMAIN} is the example from .env.example and amoCRM has not confirmed it: make sure it is your account (https://<subdomain>.amocrm.ru)`);
   }
 
   return results;
@@ -410,7 +432,7 @@ function checkTokens(facts: DoctorFacts, raw: Record<string, string | undefined>
     else if (left <= 0) {
       add('fail', 'tokens', `long-lived token expired ${iso(expires)}`, 'issue a new long-lived token and run npm run amocrm -- store-long-lived <token>');
       return false;
-    } else if (left < 30 * DAY) add('warn', 'tokens', `long-lived token expires ${iso(expires)} (${inWords(left)}): issue a new one before then`);
+    } else if (left < 30 * DAY_MS) add('warn', 'tokens', `long-lived token expires ${iso(expires)} (${inWords(left)}): issue a new one before then`);
     else add('ok', 'tokens', `long-lived token stored, expires ${iso(expires)} (${inWords(left)})`);
     return true;
   }
@@ -423,7 +445,7 @@ function checkTokens(facts: DoctorFacts, raw: Record<string, string | undefined>
   const access = !Number.isFinite(expires) ? 'access token expiry unknown'
     : left > 0 ? `access token valid until ${iso(expires)} (${inWords(left)})`
       : `access token expired ${iso(expires)}, the next request refreshes it`;
-  if (Number.isFinite(idle) && idle > 75 * DAY) {
+  if (Number.isFinite(idle) && idle > 75 * DAY_MS) {
     add('warn', 'tokens', `oauth, ${access}; refresh token last rotated ${inWords(-idle)}: amoCRM revokes it after 3 months unused, run npm run amocrm -- refresh`);
   } else {
     add('ok', 'tokens', `oauth, ${access}, refresh token stored${Number.isFinite(updated) ? `, updated ${iso(updated)}` : ''}`);
@@ -431,7 +453,8 @@ function checkTokens(facts: DoctorFacts, raw: Record<string, string | undefined>
   return true;
 }
 
-async function checkAmo(runtime: Runtime, add: Add): Promise<void> {
+/** Checks the account, pipeline and stages; returns whether the account answered. */
+async function checkAmo(runtime: Runtime, add: Add): Promise<boolean> {
   const { config } = runtime;
   const amo = runtime.invocation(10_000).amo;
   try {
@@ -442,7 +465,7 @@ async function checkAmo(runtime: Runtime, add: Add): Promise<void> {
     const network = err instanceof AmoError && (err.code === 'network' || err.code === 'timeout');
     add('fail', 'amoCRM', `GET /api/v4/account at ${config.amocrm.baseUrl} failed: ${errorText(err)}`,
       whatToDo ?? (network ? 'check AMOCRM_SUBDOMAIN / AMOCRM_BASE_DOMAIN (or AMOCRM_BASE_URL)' : 'see the error; retry later'));
-    return;
+    return false;
   }
 
   let pipelines: Pipeline[];
@@ -450,14 +473,14 @@ async function checkAmo(runtime: Runtime, add: Add): Promise<void> {
     pipelines = await amo.listPipelines();
   } catch (err) {
     add('fail', 'pipeline', `GET /api/v4/leads/pipelines failed: ${errorText(err)}`, 'retry; check the integration has access to deals');
-    return;
+    return true;
   }
   const pipeline = pipelines.find((p) => p.id === config.pipelineId);
   if (!pipeline) {
     const known = pipelines.map((p) => `'${p.name}' (${p.id})`).join(', ') || 'none';
     add('fail', 'AMOCRM_PIPELINE_ID', `pipeline ${config.pipelineId} not found in the account (pipelines: ${known})`,
       'set AMOCRM_PIPELINE_ID to the Tripwire pipeline: npm run amocrm -- pipelines');
-    return;
+    return true;
   }
   let stageProblems = 0;
   const found: { index: number; id: number; name: string; sort: number }[] = [];
@@ -481,7 +504,7 @@ async function checkAmo(runtime: Runtime, add: Add): Promise<void> {
       owner ? `stage ${id} belongs to pipeline '${owner.name}', not ${pipeline.id}` : `stage ${id} not found in any pipeline`,
       `use a stage of pipeline '${pipeline.name}' (${pipeline.id}): npm run amocrm -- pipelines`);
   });
-  if (stageProblems) return;
+  if (stageProblems) return true;
   const list = found.map((s) => `lesson ${s.index + 1} → ${s.id} '${s.name}'`).join(', ');
   const ordered = found.every((s, i) => i === 0 || s.sort > found[i - 1]!.sort);
   if (!ordered) {
@@ -489,4 +512,5 @@ async function checkAmo(runtime: Runtime, add: Add): Promise<void> {
   } else {
     add('ok', 'pipeline', `'${pipeline.name}' (${pipeline.id}): ${list}`);
   }
+  return true;
 }

@@ -12,7 +12,7 @@ import { databaseRateLimiter } from './amocrm/rate-limit.ts';
 import { amoResources, type AmoResources } from './amocrm/resources.ts';
 import { TokenManager } from './amocrm/tokens.ts';
 import { createLogger, type Logger } from './log.ts';
-import type { SyncDeps } from './sync/process-event.ts';
+import type { SyncDeps } from './sync/deps.ts';
 
 export interface Runtime {
   config: Config;

@@ -3,7 +3,7 @@
 // and retry on 401, and the classification of failures. Resources above it only
 // describe requests.
 import axios, { type AxiosInstance } from 'axios';
-import { AmoError, needsOperator, retryable } from './errors.ts';
+import { AmoError, needsOperator, permanent, retryable } from './errors.ts';
 import type { RateLimiter } from './rate-limit.ts';
 
 export type QueryParams = [string, string | number][];
@@ -13,6 +13,8 @@ export interface AmoRequest {
   path: string;
   query?: QueryParams;
   body?: unknown;
+  /** Non-2xx statuses that are answers for this resource (e.g. 404 → no such deal), not failures. */
+  answers?: readonly number[];
 }
 
 export interface AmoResponse<T = any> {
@@ -83,24 +85,34 @@ export function retryAfterMs(headers: Record<string, string>, data: unknown): nu
   return seconds.length ? Math.max(...seconds) * 1000 : undefined;
 }
 
-/** Turns a non-2xx status that no resource handles itself into the classified error. */
+/**
+ * The one place that says what an amoCRM status means for the sync. A resource never
+ * second-guesses it: it only names the statuses that are answers for it (`answers`).
+ */
 export function classifyStatus(status: number, headers: Record<string, string>, data: unknown): AmoError {
-  const detail = (data as { detail?: string; title?: string } | null)?.detail ?? (data as { title?: string } | null)?.title;
+  const body = data as { detail?: string; title?: string } | null;
+  const detail = body?.detail ?? body?.title;
+  const text = `amoCRM: ${status}${detail ? ` ${String(detail).slice(0, 200)}` : ''}`;
   if (status === 429) return retryable('rate_limited', 'amoCRM: 429 Too Many Requests', { status, retryAfterMs: retryAfterMs(headers, data) });
-  if (status >= 500) return retryable('server_error', `amoCRM: ${status}${detail ? ` ${detail}` : ''}`, { status });
+  if (status >= 500) return retryable('server_error', text, { status });
   if (status === 402) return needsOperator('payment_required', 'amoCRM: 402 — оплаченный период аккаунта закончился', 'продлите подписку amoCRM; события продолжатся сами', { status });
   if (status === 403) return needsOperator('account_blocked', 'amoCRM: 403 — API заблокирован для аккаунта или не хватает прав', 'проверьте права интеграции; при блокировке за превышение лимита обратитесь в поддержку amoCRM', { status });
   if (status === 401) return needsOperator('unauthorized', 'amoCRM: 401 и после обновления токена — интеграция отключена или токен отозван', 'проверьте, что интеграция включена, и авторизуйте её заново: npm run amocrm -- exchange-code <код>', { status });
-  return new AmoError('permanent', `http_${status}`, `amoCRM: ${status}${detail ? ` ${detail}` : ''}`, { status });
+  // A request amoCRM refuses as malformed fails the same way however often it is sent.
+  if (status === 400 || status === 422) return permanent('bad_request', `amoCRM отклонил запрос: ${text}`, { status });
+  if (status === 404) return permanent('not_found', `amoCRM: 404 — ${detail ?? 'не найдено'}`, { status });
+  if (status >= 300 && status < 400) {
+    return needsOperator('unexpected_redirect', `amoCRM перенаправляет запрос (${status})`, 'проверьте AMOCRM_SUBDOMAIN и AMOCRM_BASE_DOMAIN: адрес аккаунта изменился?', { status });
+  }
+  return permanent(`http_${status}`, text, { status });
 }
 
 export interface AmoHttp {
-  /** Sends one request. 2xx, 204, 400, 404 and 422 come back as answers; everything else throws an AmoError. */
+  /** Sends one request. 2xx and the request's own `answers` come back; anything else throws a classified AmoError. */
   request<T = any>(req: AmoRequest): Promise<AmoResponse<T>>;
 }
 
 export function createAmoHttp(transport: Transport, tokens: TokenSource, limiter: RateLimiter): AmoHttp {
-  const passThrough = new Set([400, 404, 422]);
   return {
     async request<T>(req: AmoRequest): Promise<AmoResponse<T>> {
       let token = await tokens.current();
@@ -111,10 +123,12 @@ export function createAmoHttp(transport: Transport, tokens: TokenSource, limiter
           token = await tokens.afterUnauthorized(token); // refresh once, then retry once
           continue;
         }
-        if ((res.status >= 200 && res.status < 300) || passThrough.has(res.status)) {
+        if ((res.status >= 200 && res.status < 300) || req.answers?.includes(res.status)) {
           return { status: res.status, data: res.status === 204 ? null : (res.data as T) };
         }
-        throw classifyStatus(res.status, res.headers, res.data);
+        const error = classifyStatus(res.status, res.headers, res.data);
+        if (res.status === 429) await limiter.rateLimited(error.details.retryAfterMs).catch(() => undefined);
+        throw error;
       }
     },
   };

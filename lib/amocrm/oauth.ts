@@ -1,7 +1,7 @@
 // amoCRM's token endpoint: exchange an authorization code or a refresh token for a new
 // pair. The refresh token is single use: the caller must store the answer at once.
 import type { Clock } from '../clock.ts';
-import { needsOperator, retryable, type AmoError } from './errors.ts';
+import { needsOperator, retryable } from './errors.ts';
 import { classifyStatus, type Transport } from './http.ts';
 import type { RateLimiter } from './rate-limit.ts';
 
@@ -29,7 +29,8 @@ export function createOAuthClient(transport: Transport, limiter: RateLimiter, cl
         throw needsOperator('oauth_not_configured', 'не заданы AMOCRM_CLIENT_ID / AMOCRM_CLIENT_SECRET / AMOCRM_REDIRECT_URI',
           'задайте их в переменных окружения Netlify (раздел Functions)');
       }
-      await limiter.acquire();
+      // Ahead of the queue: every request waiting for a slot also waits for this token.
+      await limiter.acquire({ priority: true });
       const body = {
         client_id: clientId,
         client_secret: clientSecret,
@@ -56,7 +57,9 @@ export function createOAuthClient(transport: Transport, limiter: RateLimiter, cl
           { status: res.status });
       }
       if (res.status === 200) throw retryable('bad_token_response', 'amoCRM вернул ответ без токенов');
-      throw classifyStatus(res.status, res.headers, res.data) as AmoError;
+      const error = classifyStatus(res.status, res.headers, res.data);
+      if (res.status === 429) await limiter.rateLimited(error.details.retryAfterMs).catch(() => undefined);
+      throw error;
     },
   };
 }

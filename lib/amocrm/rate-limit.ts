@@ -1,27 +1,81 @@
 // The shared limiter: amoCRM allows 7 requests/s per integration across all instances,
-// so every request takes a slot from one row in the database (amocrm_take_rate_slot).
+// and blocks the account (403 for everything) when 429s keep coming. Every request takes
+// a slot from one row in the database; this side keeps the slot's promise.
+//
+// A slot says "start at T" on the database's clock. A process starved of CPU, or whose
+// answer sat in a socket, starts late, and late requests bunch up at amoCRM. So the slot
+// is mapped onto this process's clock with the smallest offset seen so far (the answer
+// that came back fastest), and a slot that cannot be started within LATE_TOLERANCE of its
+// time is void: a new one is taken. Bounding lateness below one slot gap (1/6 s at 6/s)
+// keeps any 1 s window at amoCRM within 7 requests.
 import type { Clock } from '../clock.ts';
 import type { Db } from '../db/port.ts';
+import { reportRateLimited, takeRateSlot } from '../db/limiter.ts';
 import { retryable } from './errors.ts';
 
 export interface RateLimiter {
-  /** Resolves when this caller may send one request; throws a retryable no_rate_slot if the wait would exceed the caller's patience. */
-  acquire(): Promise<void>;
+  /**
+   * Resolves when this caller may start one request; throws a retryable no_rate_slot if
+   * the wait would exceed the caller's patience. `priority` goes ahead of the queue (the
+   * token refresh, which everything else waits for).
+   */
+  acquire(options?: { priority?: boolean }): Promise<void>;
+  /** amoCRM answered 429: every instance pauses and the shared rate drops. */
+  rateLimited(retryAfterMs?: number): Promise<void>;
 }
 
+/** How much later than its slot a request may start. Below half a slot gap at 6/s. */
+export const LATE_TOLERANCE_MS = 60;
+/**
+ * How far ahead a slot may be reserved. A caller further back waits without a slot, so a
+ * 429 pause reaches the requests queued behind it (a reserved slot would still be used).
+ */
+export const RESERVE_HORIZON_MS = 1000;
+
+// Per clock (one per process in production): the smallest local-minus-database offset
+// observed, i.e. the answer with the least return delay. Kept across invocations, as a
+// warm function instance is reused.
+const offsets = new WeakMap<Clock, number>();
+const CLOCK_STEP_MS = 1000;
+
 export function databaseRateLimiter(db: Db, clock: Clock, perSecond: number, maxWaitMs: number): RateLimiter {
+  const noSlot = (waitMs: number) =>
+    retryable('no_rate_slot', `очередь к amoCRM длиннее ${maxWaitMs} мс: событие оставлено следующему запуску`, { retryAfterMs: waitMs });
+
   return {
-    async acquire() {
-      const slot = await db.rpc<{ granted: boolean; wait_ms: number }>('amocrm_take_rate_slot', {
-        p_per_second: perSecond,
-        p_max_wait_ms: maxWaitMs,
-      });
-      if (!slot.granted) {
-        throw retryable('no_rate_slot', `очередь к amoCRM длиннее ${maxWaitMs} мс: событие оставлено плановому запуску`, {
-          retryAfterMs: slot.wait_ms,
-        });
+    async acquire({ priority = false } = {}) {
+      const deadline = clock.now() + maxWaitMs;
+      while (true) {
+        const left = deadline - clock.now();
+        if (left < 0) throw noSlot(-left);
+        const slot = await takeRateSlot(db, { perSecond, maxWaitMs: left, priority, horizonMs: RESERVE_HORIZON_MS });
+        const answeredAt = clock.now();
+        if (!slot.granted) {
+          if (!slot.queued) throw noSlot(slot.wait_ms);
+          await clock.sleep(Math.min(slot.retry_in_ms ?? slot.wait_ms, Math.max(0, left)));
+          continue;
+        }
+        const startAt = localSlotTime(clock, answeredAt, slot);
+        const wait = startAt - clock.now();
+        if (wait > 0) await clock.sleep(wait);
+        if (clock.now() - startAt <= LATE_TOLERANCE_MS) return;
+        // Too late to keep the promise: this slot is void, take a new one.
       }
-      if (slot.wait_ms > 0) await clock.sleep(slot.wait_ms);
+    },
+    async rateLimited(retryAfterMs) {
+      await reportRateLimited(db, retryAfterMs);
     },
   };
+}
+
+/** The slot's time on this process's clock. */
+function localSlotTime(clock: Clock, answeredAt: number, slot: { wait_ms: number; now_ms?: number; slot_ms?: number }): number {
+  if (slot.now_ms === undefined || slot.slot_ms === undefined) return answeredAt + slot.wait_ms;
+  const observed = answeredAt - slot.now_ms;
+  const previous = offsets.get(clock);
+  // A return delay of over a second is not starvation but a clock step on either side:
+  // start over from this observation rather than void every slot from now on.
+  const best = previous === undefined || observed < previous || observed - previous > CLOCK_STEP_MS ? observed : previous;
+  offsets.set(clock, best);
+  return slot.slot_ms + best;
 }

@@ -33,9 +33,21 @@ export interface Pipeline {
   statuses: PipelineStatus[];
 }
 
-const MAX_CONTACT_PAGES = 4;
+/** amoCRM returns at most 250 entities per list call. */
+export const PAGE_LIMIT = 250;
+/** A contact search stops after this many pages (1,000 contacts): the result then says it is incomplete. */
+export const MAX_CONTACT_PAGES = 4;
 export const MAX_BATCH_MOVES = 50;
-export const MAX_BATCH_READS = 250;
+export const MAX_BATCH_READS = PAGE_LIMIT;
+
+export interface ContactSearch {
+  contacts: Contact[];
+  /** false when the search hit MAX_CONTACT_PAGES with more pages left. */
+  complete: boolean;
+}
+
+const chunk = <T>(items: T[], size: number): T[][] =>
+  Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size));
 
 function toContact(raw: any): Contact {
   const fields: any[] = Array.isArray(raw?.custom_fields_values) ? raw.custom_fields_values : [];
@@ -57,57 +69,59 @@ function toPipeline(raw: any): Pipeline {
   };
 }
 
+// Each resource names its method, path and the statuses that are answers for it; what
+// any other status means is decided once, in the request sender (http.ts).
 export function amoResources(http: AmoHttp) {
   return {
-    /** Contacts whose any field contains `query` (amoCRM's search over-matches: filter the result). */
-    async searchContacts(query: string): Promise<Contact[]> {
+    /** Contacts whose any field contains `query` (amoCRM's search over-matches: the caller filters). */
+    async searchContacts(query: string): Promise<ContactSearch> {
       const contacts: Contact[] = [];
-      for (let page = 1; page <= MAX_CONTACT_PAGES; page++) {
+      for (let page = 1; ; page++) {
         const res = await http.request({
-          method: 'GET',
-          path: '/api/v4/contacts',
-          query: [['query', query], ['with', 'leads'], ['limit', 50], ['page', page]],
+          method: 'GET', path: '/api/v4/contacts',
+          query: [['query', query], ['with', 'leads'], ['limit', PAGE_LIMIT], ['page', page]],
         });
-        if (res.status === 204 || !res.data) break; // nothing (more) found
-        if (res.status !== 200) throw retryable('contacts_search_failed', `поиск контактов: HTTP ${res.status}`);
+        if (!res.data) return { contacts, complete: true }; // 204: nothing (more) found
         contacts.push(...(res.data._embedded?.contacts ?? []).map(toContact));
-        if (!res.data._links?.next) break;
+        if (!res.data._links?.next) return { contacts, complete: true };
+        if (page === MAX_CONTACT_PAGES) return { contacts, complete: false };
       }
-      return contacts;
     },
 
+    /** The deals with these ids (any number: read 250 per request, following pages). */
     async getLeads(ids: number[]): Promise<Lead[]> {
-      if (ids.length === 0) return [];
-      const res = await http.request({
-        method: 'GET',
-        path: '/api/v4/leads',
-        query: ids.slice(0, MAX_BATCH_READS).map((id) => ['filter[id][]', id] as [string, number]),
-      });
-      if (res.status === 204 || !res.data) return [];
-      if (res.status !== 200) throw retryable('leads_read_failed', `чтение сделок: HTTP ${res.status}`);
-      return (res.data._embedded?.leads ?? []) as Lead[];
+      const leads: Lead[] = [];
+      for (const part of chunk([...new Set(ids)], PAGE_LIMIT)) {
+        for (let page = 1; ; page++) {
+          const res = await http.request({
+            method: 'GET', path: '/api/v4/leads',
+            query: [...part.map((id) => ['filter[id][]', id] as [string, number]), ['limit', PAGE_LIMIT], ['page', page]],
+          });
+          if (!res.data) break; // 204: none of them exists
+          leads.push(...((res.data._embedded?.leads ?? []) as Lead[]));
+          if (!res.data._links?.next) break;
+        }
+      }
+      return leads;
     },
 
-    /** One deal, or null when it no longer exists. */
+    /** One deal, or null when it does not exist (any more). */
     async getLead(id: number): Promise<Lead | null> {
-      const res = await http.request<Lead>({ method: 'GET', path: `/api/v4/leads/${id}` });
-      if (res.status === 204 || res.status === 404 || !res.data) return null;
-      if (res.status !== 200) throw retryable('lead_read_failed', `чтение сделки ${id}: HTTP ${res.status}`);
+      const res = await http.request<Lead>({ method: 'GET', path: `/api/v4/leads/${id}`, answers: [404] });
+      if (!res.data || res.status === 404) return null;
       return res.data.is_deleted ? null : res.data;
     },
 
     async moveLead(id: number, pipelineId: number, statusId: number): Promise<void> {
       const res = await http.request({
-        method: 'PATCH',
-        path: `/api/v4/leads/${id}`,
+        method: 'PATCH', path: `/api/v4/leads/${id}`,
         body: { pipeline_id: pipelineId, status_id: statusId },
+        answers: [400, 404, 422],
       });
-      if (res.status === 200) return;
+      if (res.status === 404) throw permanent('lead_not_found', `сделка ${id} не найдена в amoCRM`, { status: 404 });
       if (res.status === 400 || res.status === 422) {
         throw permanent('stage_rejected', `amoCRM отклонил этап ${statusId} воронки ${pipelineId} для сделки ${id}`, { status: res.status });
       }
-      if (res.status === 404) throw permanent('lead_not_found', `сделка ${id} не найдена в amoCRM`, { status: 404 });
-      throw retryable('move_failed', `перемещение сделки ${id}: HTTP ${res.status}`);
     },
 
     /**
@@ -116,32 +130,29 @@ export function amoResources(http: AmoHttp) {
      * the caller moves those deals one by one to find out which.
      */
     async moveLeads(moves: { id: number; statusId: number }[], pipelineId: number): Promise<'ok' | 'rejected'> {
-      if (moves.length > MAX_BATCH_MOVES) throw new Error(`at most ${MAX_BATCH_MOVES} moves per batch`);
+      if (moves.length > MAX_BATCH_MOVES) throw new RangeError(`at most ${MAX_BATCH_MOVES} moves per batch`);
       const res = await http.request({
-        method: 'PATCH',
-        path: '/api/v4/leads',
+        method: 'PATCH', path: '/api/v4/leads',
         body: moves.map((m) => ({ id: m.id, pipeline_id: pipelineId, status_id: m.statusId, request_id: String(m.id) })),
+        answers: [400, 404, 422],
       });
-      if (res.status === 200) return 'ok';
-      if (res.status === 400 || res.status === 422 || res.status === 404) return 'rejected';
-      throw retryable('move_failed', `пакетное перемещение ${moves.length} сделок: HTTP ${res.status}`);
+      return res.status >= 200 && res.status < 300 ? 'ok' : 'rejected';
     },
 
+    /** The pipeline with its stages, or null when there is no such pipeline. */
     async getPipeline(id: number): Promise<Pipeline | null> {
-      const res = await http.request({ method: 'GET', path: `/api/v4/leads/pipelines/${id}` });
-      if (res.status !== 200 || !res.data) return null;
-      return toPipeline(res.data);
+      const res = await http.request({ method: 'GET', path: `/api/v4/leads/pipelines/${id}`, answers: [404] });
+      return res.data && res.status !== 404 ? toPipeline(res.data) : null;
     },
 
     async listPipelines(): Promise<Pipeline[]> {
       const res = await http.request({ method: 'GET', path: '/api/v4/leads/pipelines' });
-      if (res.status !== 200 || !res.data) return [];
-      return (res.data._embedded?.pipelines ?? []).map(toPipeline);
+      return (res.data?._embedded?.pipelines ?? []).map(toPipeline);
     },
 
     async getAccount(): Promise<{ id: number; name: string; subdomain: string }> {
       const res = await http.request({ method: 'GET', path: '/api/v4/account' });
-      if (res.status !== 200 || !res.data) throw retryable('account_failed', `аккаунт: HTTP ${res.status}`);
+      if (!res.data) throw retryable('account_failed', 'amoCRM: пустой ответ на GET /api/v4/account');
       return res.data;
     },
   };

@@ -4,22 +4,12 @@
 // stored (compare-and-swap on version) the moment amoCRM returns it.
 import type { Clock } from '../clock.ts';
 import type { Db } from '../db/port.ts';
+import * as store from '../db/tokens.ts';
+import type { StoredTokens } from '../db/tokens.ts';
 import type { Logger } from '../log.ts';
 import { AmoError, needsOperator, retryable } from './errors.ts';
 import type { AccessToken, TokenSource } from './http.ts';
 import type { OAuthClient, TokenPair } from './oauth.ts';
-
-export interface StoredTokens {
-  present: boolean;
-  kind?: 'oauth' | 'long_lived';
-  access_token?: string;
-  expires_at?: string | null;
-  has_refresh_token?: boolean;
-  auth_state?: 'ok' | 'needs_reauth';
-  auth_problem?: string | null;
-  version?: number;
-  refreshing?: boolean;
-}
 
 export interface TokenSeed {
   accessToken?: string;
@@ -79,8 +69,8 @@ export class TokenManager implements TokenSource {
   }
 
   async read(): Promise<StoredTokens> {
-    let stored = await this.o.db.rpc<StoredTokens>('amocrm_get_tokens');
-    if (!stored.present && (await this.seed())) stored = await this.o.db.rpc<StoredTokens>('amocrm_get_tokens');
+    let stored = await store.getTokens(this.o.db);
+    if (!stored.present && (await this.seed())) stored = await store.getTokens(this.o.db);
     return stored;
   }
 
@@ -159,18 +149,12 @@ export class TokenManager implements TokenSource {
     const { seed, db, clock } = this.o;
     if (seed?.longLivedToken) {
       const expiresAt = jwtExpiry(seed.longLivedToken) ?? null;
-      const r = await db.rpc<{ seeded: boolean }>('amocrm_seed_tokens', {
-        p_kind: 'long_lived', p_access_token: seed.longLivedToken, p_refresh_token: null, p_expires_at: expiresAt,
-      });
-      return r.seeded;
+      return store.seedTokens(db, { kind: 'long_lived', accessToken: seed.longLivedToken, refreshToken: null, expiresAt });
     }
     if (seed?.refreshToken) {
       // Without a known expiry, treat the seeded access token as expired: the first use refreshes.
       const expiresAt = (seed.accessToken && jwtExpiry(seed.accessToken)) || new Date(clock.now() - 1000);
-      const r = await db.rpc<{ seeded: boolean }>('amocrm_seed_tokens', {
-        p_kind: 'oauth', p_access_token: seed.accessToken ?? '', p_refresh_token: seed.refreshToken, p_expires_at: expiresAt,
-      });
-      return r.seeded;
+      return store.seedTokens(db, { kind: 'oauth', accessToken: seed.accessToken ?? '', refreshToken: seed.refreshToken, expiresAt });
     }
     return false;
   }
@@ -179,13 +163,12 @@ export class TokenManager implements TokenSource {
     const { db, clock, log, holder } = this.o;
     const deadline = clock.now() + this.waitMs;
     while (true) {
-      const lease = await db.rpc<{ acquired: boolean; version: number; refresh_token?: string; kind?: string; auth_state?: string }>(
-        'amocrm_begin_refresh', { p_holder: holder, p_lease_seconds: this.leaseSeconds });
+      const lease = await store.beginRefresh(db, holder, this.leaseSeconds);
 
       if (lease.acquired) {
         if (lease.version !== seenVersion) {
           // Another invocation refreshed between our read and our lease: use its token.
-          await db.rpc('amocrm_abort_refresh', { p_holder: holder });
+          await store.abortRefresh(db, holder);
           const fresh = this.usable(await this.read());
           if (fresh) return fresh;
           seenVersion = lease.version;
@@ -222,7 +205,7 @@ export class TokenManager implements TokenSource {
         // Before calling the chain broken, re-read: another worker may have refreshed it.
         const now = await this.read();
         if (now.version !== version) {
-          await db.rpc('amocrm_abort_refresh', { p_holder: holder });
+          await store.abortRefresh(db, holder);
           const fresh = this.usable(now);
           if (fresh) return fresh;
         }
@@ -232,7 +215,7 @@ export class TokenManager implements TokenSource {
       // say the old refresh token stays valid until the new pair is first used, so the
       // next attempt may still complete the rotation; if amoCRM refuses it instead (single
       // use), that attempt breaks the chain above and tells the operator, once.
-      await db.rpc('amocrm_abort_refresh', { p_holder: holder });
+      await store.abortRefresh(db, holder);
       throw error;
     }
     const stored = await this.storeRotated(version, pair);
@@ -255,10 +238,7 @@ export class TokenManager implements TokenSource {
     for (const delay of [0, 200, 1000, 3000]) {
       if (delay) await clock.sleep(delay);
       try {
-        const r = await db.rpc<{ stored: boolean; version?: number }>('amocrm_finish_refresh', {
-          p_holder: holder, p_expected_version: version,
-          p_access_token: pair.accessToken, p_refresh_token: pair.refreshToken, p_expires_at: pair.expiresAt,
-        });
+        const r = await store.finishRefresh(db, holder, version, pair);
         if (r.stored) return r.version!;
         // Someone stored another pair since our lease began (our lease had expired).
         log.fail('Новые токены не сохранены: цепочку уже обновил другой запуск', {
@@ -277,16 +257,13 @@ export class TokenManager implements TokenSource {
       code: 'token_store_failed', error: String((lastError as Error)?.message ?? lastError).slice(0, 200),
       what_to_do: 'проверьте базу (Supabase доступен?), затем авторизуйте интеграцию заново: npm run amocrm -- exchange-code <код>',
     });
-    await db.rpc('amocrm_abort_refresh', { p_holder: holder, p_needs_reauth: true, p_problem: 'новые токены не сохранены (ошибка записи в базу)' })
-      .catch(() => undefined);
+    await store.abortRefresh(db, holder, 'новые токены не сохранены (ошибка записи в базу)').catch(() => undefined);
     return undefined;
   }
 
   private async breakChain(code: string, problem: string, whatToDo: string, holdingLease: boolean): Promise<never> {
     const { db, log, holder } = this.o;
-    const r = holdingLease
-      ? await db.rpc<{ became_broken: boolean }>('amocrm_abort_refresh', { p_holder: holder, p_needs_reauth: true, p_problem: problem })
-      : await db.rpc<{ became_broken: boolean }>('amocrm_mark_needs_reauth', { p_problem: problem });
+    const r = holdingLease ? await store.abortRefresh(db, holder, problem) : await store.markNeedsReauth(db, problem);
     // One line for the operator, not one per event: only the caller that broke the chain logs.
     if (r.became_broken) log.fail(`Цепочка токенов прервана: ${problem}`, { code, what_to_do: whatToDo });
     throw needsOperator(code, problem, whatToDo);

@@ -1,10 +1,11 @@
 // POST /api/amocrm/lesson-completed — the doorbell pg_net rings after a student's lesson
 // completion commits (or a Database Webhook created in the Supabase dashboard).
-import type { Runtime } from '../runtime.ts';
+import { recordEvent } from '../db/outbox.ts';
 import { deliverEvent, type DeliveryResult } from '../sync/process-event.ts';
 import { isCompleted, parseJson, parseWebhookBody, readBody } from '../webhook/payload.ts';
 import { verifyWebhook } from '../webhook/verify.ts';
-import { errorResponse, failureResponse, json } from './respond.ts';
+import { endpoint } from './handler.ts';
+import { errorResponse, json } from './respond.ts';
 
 export const BODY_LIMIT_BYTES = 256 * 1024;
 /** How long a webhook invocation may queue for an amoCRM slot before leaving the event to the scheduled run. */
@@ -14,11 +15,11 @@ const STATUS_BY_OUTCOME: Record<string, number> = {
   done: 200, skipped: 200, retry: 202, deferred: 202, parked: 202, failed: 422, dead: 422,
 };
 
-export async function handleLessonCompleted(req: Request, runtime: () => Promise<Runtime>): Promise<Response> {
-  try {
-    if (req.method !== 'POST') return errorResponse(405, 'use POST with the webhook body', { allow: 'POST' });
+export const handleLessonCompleted = endpoint({
+  methods: ['POST'],
+  usage: 'use POST with the webhook body',
+  async handle(req, rt) {
     const text = await readBody(req, BODY_LIMIT_BYTES);
-    const rt = await runtime();
     verifyWebhook(req.headers, text, rt.config.webhookSecret, Math.floor(rt.clock.now() / 1000));
     const body = parseWebhookBody(parseJson(text));
     const record = body.record!;
@@ -29,9 +30,9 @@ export async function handleLessonCompleted(req: Request, runtime: () => Promise
       if (!isCompleted(record) || (body.type === 'UPDATE' && isCompleted(body.old_record))) {
         return json(200, { ok: true, outcome: 'ignored', reason: 'not a new completion' });
       }
-      const recorded = await rt.db.rpc<{ tripwire: boolean; event_id?: number; unknown_user?: boolean }>('amocrm_record_event', {
-        p_user_id: record.user_id, p_lesson_id: record.lesson_id,
-        p_progress_id: record.id === undefined ? undefined : String(record.id), p_source: 'webhook',
+      const recorded = await recordEvent(rt.db, {
+        userId: record.user_id, lessonId: record.lesson_id,
+        progressId: record.id === undefined ? undefined : String(record.id), source: 'webhook',
       });
       if (recorded.unknown_user && recorded.tripwire) {
         return errorResponse(422, `record.user_id: ${record.user_id} is not a user in auth.users: send the lesson_progress row of an existing student`);
@@ -42,10 +43,8 @@ export async function handleLessonCompleted(req: Request, runtime: () => Promise
 
     const inv = rt.invocation(WEBHOOK_MAX_SLOT_WAIT_MS);
     return deliveryResponse(eventId, await deliverEvent(inv.sync, eventId, inv.holder));
-  } catch (err) {
-    return failureResponse(err);
-  }
-}
+  },
+});
 
 function deliveryResponse(eventId: number, result: DeliveryResult): Response {
   if (!result.claimed) {

@@ -14,7 +14,9 @@ function basicMatches(headers: Headers, token: string): boolean {
 export function operatorAuthFailure(req: Request, token: string | undefined, browser = false): Response | null {
   if (!token) return errorResponse(503, 'AMOCRM_REPLAY_TOKEN is not set: set it in the Netlify environment (Functions scope) to use this endpoint');
   if (bearerMatches(req.headers, token) || (browser && basicMatches(req.headers, token))) return null;
-  const res = errorResponse(401, 'missing or wrong token: send Authorization: Bearer <AMOCRM_REPLAY_TOKEN>');
+  const res = browser
+    ? errorResponse(401, 'sign in with HTTP Basic auth: any user name, the password is AMOCRM_REPLAY_TOKEN (scripts send Authorization: Bearer <AMOCRM_REPLAY_TOKEN>)')
+    : errorResponse(401, 'missing or wrong token: send Authorization: Bearer <AMOCRM_REPLAY_TOKEN>');
   res.headers.set('www-authenticate', browser ? 'Basic realm="amocrm-sync status", charset="UTF-8"' : 'Bearer');
   return res;
 }

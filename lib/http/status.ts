@@ -1,16 +1,7 @@
 // GET /api/amocrm/status — the sync at a glance: JSON, or a small page for a browser.
-import type { Runtime } from '../runtime.ts';
-import { operatorAuthFailure } from './operator-auth.ts';
-import { errorResponse, failureResponse, json } from './respond.ts';
-
-interface Status {
-  counts: Record<string, number>;
-  oldest_pending_age_seconds: number | null;
-  last_success_at: string | null;
-  last_failure_at: string | null;
-  token: { kind: string; expires_at: string | null; auth_state: string; auth_problem: string | null } | null;
-  recent_failures: { id: number; status: string; email: string; lesson_id: number; attempts: number; code: string; reason: string; updated_at: string }[];
-}
+import { syncStatus, type SyncStatus as Status } from '../db/settings.ts';
+import { endpoint, wantsHtml } from './handler.ts';
+import { json } from './respond.ts';
 
 const escape = (v: unknown) => String(v ?? '—').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
@@ -28,17 +19,13 @@ function page(s: Status): string {
 <table><tr><th>id</th><th>статус</th><th>e-mail</th><th>урок</th><th>попыток</th><th>код</th><th>причина</th><th>когда</th></tr>${rows || '<tr><td colspan="8">нет</td></tr>'}</table></html>`;
 }
 
-export async function handleStatus(req: Request, runtime: () => Promise<Runtime>): Promise<Response> {
-  try {
-    if (req.method !== 'GET' && req.method !== 'HEAD') return errorResponse(405, 'use GET (or HEAD) with Authorization: Bearer <AMOCRM_REPLAY_TOKEN>', { allow: 'GET, HEAD' });
-    const browser = (req.headers.get('accept') ?? '').includes('text/html');
-    const rt = await runtime();
-    const denied = operatorAuthFailure(req, rt.config.replayToken, browser);
-    if (denied) return denied;
-    const status = await rt.db.rpc<Status>('amocrm_status', { p_failures: 20 });
-    if (browser) return new Response(page(status), { headers: { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' } });
+export const handleStatus = endpoint({
+  methods: ['GET', 'HEAD'],
+  usage: 'use GET (or HEAD) with Authorization: Bearer <AMOCRM_REPLAY_TOKEN>',
+  operator: true,
+  async handle(req, rt) {
+    const status = await syncStatus(rt.db, 20);
+    if (wantsHtml(req)) return new Response(page(status), { headers: { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' } });
     return json(200, { ok: true, ...status }, { 'cache-control': 'no-store' });
-  } catch (err) {
-    return failureResponse(err);
-  }
-}
+  },
+});

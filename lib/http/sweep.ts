@@ -1,11 +1,13 @@
 // Transport of the scheduled run: one summary line per run, a JSON report as the answer.
-import type { Runtime } from '../runtime.ts';
 import { runSweep } from '../sync/sweep.ts';
-import { failureResponse, json } from './respond.ts';
+import { endpoint } from './handler.ts';
+import { json } from './respond.ts';
 
-export async function handleSweep(_req: Request, runtime: () => Promise<Runtime>): Promise<Response> {
-  try {
-    const rt = await runtime();
+export const handleSweep = endpoint({
+  // Netlify invokes scheduled functions with a POST (they have no public URL in production).
+  methods: ['POST'],
+  usage: 'scheduled function: Netlify invokes it with POST',
+  async handle(_req, rt) {
     const report = await runSweep(rt);
     if (report.claimed || report.tokenRefreshed || report.reconciled || report.resumed) {
       rt.log.info('Плановый запуск завершён', {
@@ -14,7 +16,5 @@ export async function handleSweep(_req: Request, runtime: () => Promise<Runtime>
       });
     }
     return json(200, { ok: true, ...report });
-  } catch (err) {
-    return failureResponse(err);
-  }
-}
+  },
+});

@@ -12,7 +12,7 @@ export interface DealChoice {
   ignoredContacts: Contact[];
   /** The exact contacts' deals in the configured pipeline. */
   candidates: Lead[];
-  reason: 'chosen' | 'contact_not_found' | 'no_deal_in_pipeline';
+  reason: 'chosen' | 'contact_not_found' | 'no_deal_in_pipeline' | 'search_truncated';
   explanation: string;
 }
 
@@ -21,12 +21,18 @@ const isClosed = (lead: Lead) => lead.status_id === WON_STATUS_ID || lead.status
 /**
  * amoCRM's `query` matches substrings and names, so only contacts holding exactly this
  * e-mail count. Among their deals in the pipeline: an open one before a won/lost one,
- * then the most recently updated.
+ * then the most recently updated. A search that stopped at its page cap without an exact
+ * match is search_truncated, never contact_not_found.
  */
-export function chooseDeal(email: string, contacts: Contact[], leads: Lead[], pipelineId: number): DealChoice {
+export function chooseDeal(email: string, contacts: Contact[], leads: Lead[], pipelineId: number, searchComplete = true): DealChoice {
   const wanted = normalizeEmail(email);
   const exactContacts = contacts.filter((c) => c.emails.some((e) => normalizeEmail(e) === wanted));
   const ignoredContacts = contacts.filter((c) => !exactContacts.includes(c));
+  if (exactContacts.length === 0 && !searchComplete) {
+    // Not "not found": the contact may be on a page the search did not read.
+    return { exactContacts, ignoredContacts, candidates: [], reason: 'search_truncated',
+      explanation: `поиск по ${wanted} вернул больше ${contacts.length} контактов, точного совпадения среди них нет; остальные страницы не читались` };
+  }
   if (exactContacts.length === 0) {
     return { exactContacts, ignoredContacts, candidates: [], reason: 'contact_not_found',
       explanation: `нет контакта с e-mail ${wanted} (поиск вернул ${contacts.length}, точных совпадений нет)` };

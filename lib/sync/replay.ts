@@ -3,6 +3,7 @@
 // cursor to continue from, never left half-done.
 import { z } from 'zod';
 import type { Runtime } from '../runtime.ts';
+import { missingEventIds, selectEvents } from '../db/outbox.ts';
 import { deliverEvent } from './process-event.ts';
 
 const REPLAYABLE = ['failed', 'dead', 'parked', 'skipped'] as const;
@@ -19,7 +20,11 @@ export const replayRequestSchema = z
     force: z.boolean({ message: 'must be true or false' }).default(false),
     afterId: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
   })
-  .refine((b) => Boolean(b.ids) !== Boolean(b.status), { message: 'give either ids or status (not both)', path: ['ids'] })
+  .refine((b) => b.ids || b.status, {
+    message: `say which events: "ids": [event ids], or "status": one of ${REPLAYABLE.join(', ')} (or done with "force": true), optionally with "from"/"to"; add "dryRun": true to list them first`,
+    path: [],
+  })
+  .refine((b) => !(b.ids && b.status), { message: 'give either ids or status, not both', path: ['ids'] })
   .refine((b) => b.status !== 'done' || b.force, { message: 'replaying done events needs "force": true', path: ['status'] })
   .refine((b) => !b.from || !b.to || Date.parse(b.from) < Date.parse(b.to), { message: 'must be after from', path: ['to'] });
 
@@ -37,13 +42,13 @@ export interface ReplayResultItem {
 export interface ReplayResult {
   dryRun: boolean;
   selected: number;
+  /** Events actually run again (not the ones refused, not found, or only listed). */
+  replayed: number;
   results: ReplayResultItem[];
   complete: boolean;
   /** Present when more events match: send the same request with these fields to continue. */
   next?: { afterId: number };
 }
-
-interface SelectedEvent { id: number; status: string; email: string; lesson_id: number; last_error_code: string | null; last_error: string | null }
 
 function notReplayedReason(d: { reason: string; eventStatus?: string }): string {
   if (d.reason === 'in_flight') return 'being processed right now';
@@ -54,34 +59,39 @@ function notReplayedReason(d: { reason: string; eventStatus?: string }): string 
 export async function runReplay(rt: Runtime, req: ReplayRequest, budgetMs = 40_000): Promise<ReplayResult> {
   const started = rt.clock.now();
   const statuses = req.status ? [req.status] : [...REPLAYABLE, 'pending', ...(req.force ? ['done'] : [])];
-  const selected = await rt.db.rpc<SelectedEvent[]>('amocrm_select_events', {
-    p_ids: req.ids, p_statuses: req.ids ? null : statuses, p_from: req.from, p_to: req.to,
-    p_after_id: req.afterId, p_limit: req.limit,
+  const selected = await selectEvents(rt.db, {
+    ids: req.ids, statuses: req.ids ? null : statuses, from: req.from, to: req.to, afterId: req.afterId, limit: req.limit,
   });
   const mayHaveMore = !req.ids && selected.length === req.limit;
   const last = selected.at(-1)?.id ?? req.afterId;
+  const more = mayHaveMore ? { next: { afterId: last } } : {};
+  // Ids that name no event are answered as such, not silently left out.
+  const notFound: ReplayResultItem[] = req.ids
+    ? (await missingEventIds(rt.db, req.ids)).map((id) => ({ id, before: 'none', outcome: 'not_found', message: `no event ${id} in amocrm.sync_events` }))
+    : [];
 
   if (req.dryRun) {
     return {
-      dryRun: true, selected: selected.length, complete: !mayHaveMore,
-      ...(mayHaveMore ? { next: { afterId: last } } : {}),
-      results: selected.map((e) => ({
+      dryRun: true, selected: selected.length, replayed: 0, complete: !mayHaveMore, ...more,
+      results: [...selected.map((e) => ({
         id: e.id, before: e.status, code: e.last_error_code ?? undefined, message: e.last_error ?? undefined,
         outcome: statuses.includes(e.status) ? 'would_replay' : `not_replayable: ${e.status}${e.status === 'done' ? ' (send "force": true to redo)' : ''}`,
-      })),
+      })), ...notFound],
     };
   }
 
   const inv = rt.invocation(3_000);
   const results: ReplayResultItem[] = [];
+  let replayed = 0;
   for (const event of selected) {
     if (rt.clock.now() - started > budgetMs) {
-      return { dryRun: false, selected: selected.length, results, complete: false, next: { afterId: results.at(-1)?.id ?? req.afterId } };
+      return { dryRun: false, selected: selected.length, replayed, results: [...results, ...notFound], complete: false, next: { afterId: results.at(-1)?.id ?? req.afterId } };
     }
     const delivered = await deliverEvent(inv.sync, event.id, inv.holder, statuses);
+    if (delivered.claimed) replayed++;
     results.push(delivered.claimed
       ? { id: event.id, before: event.status, outcome: delivered.outcome.status, lead_id: delivered.outcome.leadId, code: delivered.outcome.code, message: delivered.outcome.message }
       : { id: event.id, before: event.status, outcome: 'not_replayed', message: notReplayedReason(delivered) });
   }
-  return { dryRun: false, selected: selected.length, results, complete: !mayHaveMore, ...(mayHaveMore ? { next: { afterId: last } } : {}) };
+  return { dryRun: false, selected: selected.length, replayed, results: [...results, ...notFound], complete: !mayHaveMore, ...more };
 }

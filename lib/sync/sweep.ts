@@ -4,8 +4,10 @@
 import type { Runtime } from '../runtime.ts';
 import { AmoError } from '../amocrm/errors.ts';
 import type { AmoResources } from '../amocrm/resources.ts';
-import { processBatch } from './process-batch.ts';
-import type { ClaimedEvent, OutcomeStatus } from './process-event.ts';
+import { claimDue, reconcile, resumeParked } from '../db/outbox.ts';
+import { syncStatus } from '../db/settings.ts';
+import type { OutcomeStatus } from './deps.ts';
+import { processEvents } from './steps.ts';
 
 export interface SweepOptions {
   /** Netlify stops a scheduled function at 30 s; stop starting work well before. */
@@ -48,16 +50,16 @@ export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise
     if (!(err instanceof AmoError)) log.fail('Плановое обновление токена не удалось', { error: String((err as Error).message) });
   }
 
-  report.reconciled = (await db.rpc<{ created: number }>('amocrm_reconcile', {})).created;
+  report.reconciled = await reconcile(db);
   if (report.reconciled > 0) log.warn('Найдены завершения уроков без событий: события созданы', { created: report.reconciled });
 
   if (chainOk) report.resumed = await resumeAccountParked(rt, inv.amo);
 
   while (left() > reserveMs) {
-    const batch = await db.rpc<ClaimedEvent[]>('amocrm_claim_due', { p_holder: inv.holder, p_limit: batchSize, p_lease_seconds: 90 });
+    const batch = await claimDue(db, inv.holder, batchSize);
     if (batch.length === 0) break;
     report.claimed += batch.length;
-    for (const outcome of await processBatch(inv.sync, batch, inv.holder)) {
+    for (const outcome of await processEvents(inv.sync, batch, inv.holder)) {
       report.outcomes[outcome.status] = (report.outcomes[outcome.status] ?? 0) + 1;
     }
   }
@@ -68,16 +70,14 @@ export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise
 
 /** Events parked because amoCRM refused the account (402/403) come back once it answers. */
 async function resumeAccountParked(rt: Runtime, amo: AmoResources): Promise<number> {
-  const status = await rt.db.rpc<{ counts: Record<string, number> }>('amocrm_status', { p_failures: 0 });
+  const status = await syncStatus(rt.db, 0);
   if (!status.counts.parked) return 0;
   try {
     await amo.getAccount();
   } catch {
     return 0; // still refused: the parked events wait, their ❌ line was logged once
   }
-  const { resumed } = await rt.db.rpc<{ resumed: number }>('amocrm_resume_parked', {
-    p_codes: ['payment_required', 'account_blocked', 'unauthorized', 'oauth_not_configured'],
-  });
+  const resumed = await resumeParked(rt.db, ['payment_required', 'account_blocked', 'unauthorized', 'oauth_not_configured']);
   if (resumed) rt.log.ok('amoCRM снова отвечает: отложенные события возвращены в очередь', { resumed });
   return resumed;
 }

@@ -6,7 +6,9 @@ const PG_INT_MAX = 2_147_483_647;
 
 const progressRecord = z.looseObject({
   id: z.union([z.string().max(100), z.number().int()], { message: 'must be the lesson_progress row id (a string of up to 100 characters, or an integer)' }).optional(),
-  user_id: z.uuid({ message: 'must be the student\'s auth.users id (a UUID)' }),
+  // Any 8-4-4-4-12 hex id: auth.users ids are v4 today, but the database decides who
+  // exists (422), not the UUID version.
+  user_id: z.guid({ message: 'must be the student\'s auth.users id (a UUID)' }),
   lesson_id: z.number({ message: 'must be a number' }).int('must be an integer').positive('must be positive').max(PG_INT_MAX, 'is too large'),
 });
 

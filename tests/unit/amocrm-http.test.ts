@@ -14,12 +14,12 @@ afterEach(() => server.resetHandlers());
 afterAll(() => server.close());
 
 function setup(timeoutMs = 2000) {
-  const seen = { refreshes: 0, slots: 0, auth: [] as string[] };
+  const seen = { refreshes: 0, slots: 0, rateLimited: [] as (number | undefined)[], auth: [] as string[] };
   const tokens: TokenSource = {
     current: async () => ({ accessToken: 'token-v1', version: 1 }),
     afterUnauthorized: async (used: AccessToken) => { seen.refreshes++; return { accessToken: `token-v${used.version + 1}`, version: used.version + 1 }; },
   };
-  const limiter = { acquire: async () => { seen.slots++; } };
+  const limiter = { acquire: async () => { seen.slots++; }, rateLimited: async (ms?: number) => { seen.rateLimited.push(ms); } };
   const amo = amoResources(createAmoHttp(axiosTransport(BASE, timeoutMs), tokens, limiter));
   return { amo, seen };
 }
@@ -28,7 +28,7 @@ const errorOf = (p: Promise<unknown>) => p.then(() => { throw new Error('expecte
 describe('request sender', () => {
   it('204 on a contact search means nothing found, not an error', async () => {
     server.use(http.get(`${BASE}/api/v4/contacts`, () => new HttpResponse(null, { status: 204 })));
-    expect(await setup().amo.searchContacts('nobody@x.kz')).toEqual([]);
+    expect(await setup().amo.searchContacts('nobody@x.kz')).toEqual({ contacts: [], complete: true });
   });
 
   it('parses contacts: e-mails from the EMAIL field, lead ids from _embedded, null fields tolerated', async () => {
@@ -40,10 +40,10 @@ describe('request sender', () => {
         { id: 2, name: 'anna@x.kz', custom_fields_values: null, _embedded: { leads: [] } },
       ] } });
     }));
-    expect(await setup().amo.searchContacts('anna@x.kz')).toEqual([
+    expect(await setup().amo.searchContacts('anna@x.kz')).toEqual({ complete: true, contacts: [
       { id: 1, name: 'Anna', emails: ['anna@x.kz', 'a2@x.kz'], leadIds: [11, 12] },
       { id: 2, name: 'anna@x.kz', emails: [], leadIds: [] },
-    ]);
+    ] });
   });
 
   it('sends filter[id][] for each lead id', async () => {
@@ -75,8 +75,10 @@ describe('request sender', () => {
 
   it('429 is retryable and carries the wait amoCRM asked for (header or body)', async () => {
     server.use(http.get(`${BASE}/api/v4/account`, () => HttpResponse.json({ status: 429, retry_after: 45 }, { status: 429, headers: { 'retry-after': '30' } })));
-    const err = await errorOf(setup().amo.getAccount());
+    const { amo, seen } = setup();
+    const err = await errorOf(amo.getAccount());
     expect([err.kind, err.code, err.details.retryAfterMs]).toEqual(['retryable', 'rate_limited', 45_000]);
+    expect(seen.rateLimited).toEqual([45_000]); // the shared limiter was told, with the wait
   });
 
   it.each([[500, 'server_error'], [502, 'server_error'], [503, 'server_error']])('%i is retryable', async (status, code) => {
@@ -114,5 +116,62 @@ describe('request sender', () => {
     server.use(http.patch(`${BASE}/api/v4/leads`, async ({ request }) => { body = await request.json(); return HttpResponse.json({ _embedded: { leads: [] } }); }));
     expect(await setup().amo.moveLeads([{ id: 1, statusId: 10 }, { id: 2, statusId: 11 }], 77)).toBe('ok');
     expect(body).toEqual([{ id: 1, pipeline_id: 77, status_id: 10, request_id: '1' }, { id: 2, pipeline_id: 77, status_id: 11, request_id: '2' }]);
+  });
+
+  // One place classifies every status; a resource names only the statuses that are answers for it.
+  it.each([
+    ['contact search', (amo: ReturnType<typeof setup>['amo']) => amo.searchContacts('x@x.kz'), 'get', '/api/v4/contacts'],
+    ['lead read', (amo: ReturnType<typeof setup>['amo']) => amo.getLeads([1]), 'get', '/api/v4/leads'],
+    ['pipeline read', (amo: ReturnType<typeof setup>['amo']) => amo.getPipeline(7), 'get', '/api/v4/leads/pipelines/7'],
+    ['pipeline list', (amo: ReturnType<typeof setup>['amo']) => amo.listPipelines(), 'get', '/api/v4/leads/pipelines'],
+  ] as const)('a 400 to a %s is a permanent bad_request, never retried', async (_name, call, method, path) => {
+    let calls = 0;
+    server.use(http[method](`${BASE}${path}`, () => { calls++; return HttpResponse.json({ title: 'Bad Request', status: 400, detail: 'query invalid' }, { status: 400 }); }));
+    const err = await errorOf(call(setup().amo));
+    expect([err.kind, err.code, calls]).toEqual(['permanent', 'bad_request', 1]);
+  });
+
+  it('a 500 on a pipeline read is retryable, not swallowed as "no pipeline"', async () => {
+    server.use(http.get(`${BASE}/api/v4/leads/pipelines/7`, () => HttpResponse.json({ title: 'oops' }, { status: 500 })));
+    const err = await errorOf(setup().amo.getPipeline(7));
+    expect([err.kind, err.code]).toEqual(['retryable', 'server_error']);
+  });
+
+  it('404 is an answer where the resource says so: no deal, no pipeline', async () => {
+    server.use(http.get(`${BASE}/api/v4/leads/5`, () => HttpResponse.json({ status: 404 }, { status: 404 })));
+    server.use(http.get(`${BASE}/api/v4/leads/pipelines/7`, () => HttpResponse.json({ status: 404 }, { status: 404 })));
+    const { amo } = setup();
+    expect(await amo.getLead(5)).toBeNull();
+    expect(await amo.getPipeline(7)).toBeNull();
+  });
+
+  it('reads more than 50 deals: 250 ids per request, following _links.next', async () => {
+    const asked: string[][] = [];
+    server.use(http.get(`${BASE}/api/v4/leads`, ({ request }) => {
+      const url = new URL(request.url);
+      const ids = url.searchParams.getAll('filter[id][]');
+      const page = Number(url.searchParams.get('page'));
+      expect(url.searchParams.get('limit')).toBe('250');
+      asked.push(ids);
+      // amoCRM's default page is 50; pretend it pages at 100 to check that the pages are followed.
+      const slice = ids.slice((page - 1) * 100, page * 100);
+      const next = page * 100 < ids.length ? { next: { href: 'x' } } : {};
+      return HttpResponse.json({ _embedded: { leads: slice.map((id) => ({ id: Number(id), pipeline_id: 1, status_id: 2, updated_at: 3 })) }, _links: next });
+    }));
+    const ids = Array.from({ length: 260 }, (_, i) => i + 1);
+    const leads = await setup().amo.getLeads(ids);
+    expect(leads.map((l) => l.id)).toEqual(ids);
+    expect(asked.map((a) => a.length)).toEqual([250, 250, 250, 10]); // 3 pages of the first 250 ids, then the last 10
+  });
+
+  it('a contact search that hits its page cap says so instead of "nothing more"', async () => {
+    let pages = 0;
+    server.use(http.get(`${BASE}/api/v4/contacts`, () => {
+      pages++;
+      return HttpResponse.json({ _embedded: { contacts: [{ id: pages, name: 'x', custom_fields_values: [], _embedded: { leads: [] } }] }, _links: { next: { href: 'x' } } });
+    }));
+    const result = await setup().amo.searchContacts('common@x.kz');
+    expect(result.complete).toBe(false);
+    expect(pages).toBe(4);
   });
 });

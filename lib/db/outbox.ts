@@ -1,0 +1,119 @@
+// The outbox (amocrm.sync_events) as the sync sees it: claims with leases, outcomes,
+// the deal remembered per student, replay selection. The only module that names these
+// database functions; their contracts are in supabase/migrations/.
+import type { Db } from './port.ts';
+
+export interface ClaimedEvent {
+  id: number;
+  user_id: string;
+  email: string | null;
+  lesson_id: number;
+  stage_number: number;
+  status: string;
+  attempts: number;
+  /** The event's move happened once already (a forced replay of a done event). */
+  was_done?: boolean;
+  /** The deal remembered for this student, if any. */
+  cached_lead_id: number | null;
+  created_at: string;
+}
+
+export type ClaimRefusal = 'not_found' | 'in_flight' | 'status' | 'student_busy';
+
+export type ClaimResult =
+  | { claimed: true; event: ClaimedEvent }
+  | { claimed: false; reason: ClaimRefusal; event?: ClaimedEvent };
+
+export const LEASE_SECONDS = 90;
+
+/** Claims one event by id; only events in `statuses` (or with an expired lease) are taken. */
+export async function claimEvent(db: Db, eventId: number, holder: string, statuses: string[]): Promise<ClaimResult> {
+  const r = await db.rpc<{ claimed: boolean; reason?: ClaimRefusal; event?: ClaimedEvent }>('amocrm_claim_event', {
+    p_event_id: eventId, p_holder: holder, p_lease_seconds: LEASE_SECONDS, p_statuses: statuses,
+  });
+  return r.claimed ? { claimed: true, event: r.event! } : { claimed: false, reason: r.reason ?? 'status', event: r.event };
+}
+
+/** Claims up to `limit` due events, at most one per student, oldest due first. */
+export function claimDue(db: Db, holder: string, limit: number): Promise<ClaimedEvent[]> {
+  return db.rpc<ClaimedEvent[]>('amocrm_claim_due', { p_holder: holder, p_limit: limit, p_lease_seconds: LEASE_SECONDS });
+}
+
+export type FinishOutcome = 'done' | 'skipped' | 'retry' | 'failed' | 'parked' | 'deferred';
+
+export interface FinishFields {
+  leadId?: number;
+  contactId?: number;
+  statusId?: number;
+  code?: string;
+  error?: string;
+  retryInMs?: number;
+  maxAttempts?: number;
+}
+
+export interface FinishResult {
+  /** false: the lease was lost (another invocation took the event over). */
+  recorded: boolean;
+  status: string;
+  became_dead?: boolean;
+}
+
+export function finishEvent(db: Db, eventId: number, holder: string, outcome: FinishOutcome, f: FinishFields = {}): Promise<FinishResult> {
+  return db.rpc<FinishResult>('amocrm_finish_event', {
+    p_event_id: eventId, p_holder: holder, p_outcome: outcome,
+    p_error_code: f.code, p_error: f.error?.slice(0, 500),
+    p_lead_id: f.leadId, p_contact_id: f.contactId, p_status_id: f.statusId,
+    p_retry_in_ms: f.retryInMs === undefined ? undefined : Math.round(f.retryInMs), p_max_attempts: f.maxAttempts,
+  });
+}
+
+/** Records a completion that arrived as a plain Database Webhook (idempotent). */
+export function recordEvent(db: Db, e: { userId: string; lessonId: number; progressId?: string; source: string }) {
+  return db.rpc<{ tripwire: boolean; event_id?: number; created?: boolean; unknown_user?: boolean }>('amocrm_record_event', {
+    p_user_id: e.userId, p_lesson_id: e.lessonId, p_progress_id: e.progressId, p_source: e.source,
+  });
+}
+
+/** Stores the deal a search found for a student, before anything else can go wrong. */
+export async function rememberLead(db: Db, userId: string, leadId: number, contactId?: number, email?: string | null): Promise<void> {
+  await db.rpc('amocrm_remember_lead', { p_user_id: userId, p_lead_id: leadId, p_contact_id: contactId, p_email: email ?? undefined });
+}
+
+/** Forgets a remembered deal that is gone, closed or out of the pipeline. */
+export async function forgetLead(db: Db, userId: string, leadId: number): Promise<void> {
+  await db.rpc('amocrm_forget_lead', { p_user_id: userId, p_lead_id: leadId });
+}
+
+export interface SelectedEvent {
+  id: number;
+  status: string;
+  email: string | null;
+  lesson_id: number;
+  attempts: number;
+  lead_id: number | null;
+  last_error_code: string | null;
+  last_error: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export function selectEvents(db: Db, q: { ids?: number[]; statuses?: string[] | null; from?: string; to?: string; afterId: number; limit: number }) {
+  return db.rpc<SelectedEvent[]>('amocrm_select_events', {
+    p_ids: q.ids, p_statuses: q.statuses ?? null, p_from: q.from, p_to: q.to, p_after_id: q.afterId, p_limit: q.limit,
+  });
+}
+
+/** Which of these ids name no event at all. */
+export function missingEventIds(db: Db, ids: number[]): Promise<number[]> {
+  return db.rpc<number[]>('amocrm_missing_event_ids', { p_ids: ids });
+}
+
+/** Parked events with these codes (all when omitted) go back to pending. */
+export async function resumeParked(db: Db, codes?: string[]): Promise<number> {
+  return (await db.rpc<{ resumed: number }>('amocrm_resume_parked', { p_codes: codes })).resumed;
+}
+
+/** Records completions in lesson_progress that have no event (belt and braces). */
+export async function reconcile(db: Db): Promise<number> {
+  return (await db.rpc<{ created: number }>('amocrm_reconcile', {})).created;
+}

@@ -1,0 +1,34 @@
+// What the sync's steps need, handed in by the runtime (production) or a test.
+import type { Clock } from '../clock.ts';
+import type { Db } from '../db/port.ts';
+import type { Logger } from '../log.ts';
+import type { AmoResources } from '../amocrm/resources.ts';
+
+export interface SyncSettings {
+  pipelineId: number;
+  /** Stage ids in Tripwire order: index 0 = lesson 1. */
+  stageIds: readonly number[];
+  maxAttempts: number;
+}
+
+export interface SyncDeps {
+  db: Db;
+  amo: AmoResources;
+  settings: SyncSettings;
+  log: Logger;
+  clock: Clock;
+  random?: () => number;
+}
+
+export type OutcomeStatus = 'done' | 'skipped' | 'failed' | 'parked' | 'dead' | 'retry' | 'deferred';
+
+export interface EventOutcome {
+  eventId: number;
+  status: OutcomeStatus;
+  moved: boolean;
+  leadId?: number;
+  statusId?: number;
+  code?: string;
+  message?: string;
+  retryInMs?: number;
+}

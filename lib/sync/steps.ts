@@ -1,0 +1,178 @@
+// The sync's steps for claimed events: find each student's deal, decide forward-only,
+// move, record. One implementation for one event (the webhook, replay) and for a batch
+// (the scheduled run): a batch only shares amoCRM calls — remembered deals and the deals
+// of searched students are read together (250 per request), moves go 50 per PATCH.
+//
+// Every event is planned inside its own error boundary, so one bad event never fails
+// its neighbours. Only a shared call (a bulk read, a bulk PATCH) may fail several events,
+// and then with its real classification. After a failure that would hit every further
+// call (429, 5xx, network, tokens, account), the batch stops calling amoCRM: untried
+// events go back to the queue without counting an attempt, or, when a person must act
+// (tokens, account), are parked with that same reason.
+import { AmoError } from '../amocrm/errors.ts';
+import { MAX_BATCH_MOVES, type Lead, type PipelineStatus } from '../amocrm/resources.ts';
+import { forgetLead, rememberLead, type ClaimedEvent } from '../db/outbox.ts';
+import { getCachedPipeline, putCachedPipeline } from '../db/settings.ts';
+import { decideMove, type MoveDecision } from './decide.ts';
+import type { EventOutcome, SyncDeps } from './deps.ts';
+import { chooseFromSearch, chosenOrThrow, noEmail, rememberedStillUsable, searchStudent, type StudentSearch } from './find-deal.ts';
+import { recordDecision, recordDeferred, recordFailure, type Found } from './outcome.ts';
+
+interface Plan {
+  event: ClaimedEvent;
+  found: Found;
+  decision: MoveDecision;
+  target: number;
+}
+
+const chunks = <T>(items: T[], size: number): T[][] =>
+  Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size));
+
+/** A failure that the next amoCRM call would meet too: stop calling, give the rest back. */
+const stopsTheBatch = (err: unknown) =>
+  err instanceof AmoError && (err.kind === 'operator' || (err.kind === 'retryable' && err.code !== 'internal'));
+
+export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], holder: string): Promise<EventOutcome[]> {
+  const { amo, settings, db } = deps;
+  const outcomes = new Map<ClaimedEvent, EventOutcome>();
+  const open = () => events.filter((e) => !outcomes.has(e));
+  let stoppedBy: AmoError | undefined;
+
+  /** Runs `step` for one event inside its own boundary; a failure settles that event only. */
+  const untried = (event: ClaimedEvent, stop: AmoError, found?: Found) => stop.kind === 'operator'
+    ? recordFailure(deps, event, holder, stop, found)
+    : recordDeferred(deps, event, holder, stop, found);
+  const guarded = async <T>(event: ClaimedEvent, step: () => Promise<T>, found?: Found): Promise<T | undefined> => {
+    if (stoppedBy) {
+      outcomes.set(event, await untried(event, stoppedBy, found));
+      return undefined;
+    }
+    try {
+      return await step();
+    } catch (err) {
+      outcomes.set(event, await recordFailure(deps, event, holder, err, found));
+      if (stopsTheBatch(err)) stoppedBy = err as AmoError;
+      return undefined;
+    }
+  };
+  /** A call shared by several events: its failure is each one's, with the same classification. */
+  const shared = async <T>(group: ClaimedEvent[], call: () => Promise<T>): Promise<T | undefined> => {
+    if (stoppedBy) {
+      for (const e of group) outcomes.set(e, await untried(e, stoppedBy));
+      return undefined;
+    }
+    try {
+      return await call();
+    } catch (err) {
+      for (const e of group) outcomes.set(e, await recordFailure(deps, e, holder, err));
+      if (stopsTheBatch(err)) stoppedBy = err as AmoError;
+      return undefined;
+    }
+  };
+
+  // 1. Students without an e-mail cannot be searched: each fails on its own.
+  for (const event of events) if (!event.email) await guarded(event, async () => { throw noEmail(); });
+
+  // 2. Remembered deals, read together.
+  const found = new Map<ClaimedEvent, Found>();
+  const remembered = open().filter((e) => e.cached_lead_id);
+  const rememberedLeads = remembered.length
+    ? await shared(remembered, () => amo.getLeads(remembered.map((e) => e.cached_lead_id!)))
+    : [];
+  const byId = new Map((rememberedLeads ?? []).map((l) => [l.id, l] as const));
+  const toSearch: ClaimedEvent[] = [];
+  for (const event of open()) {
+    const lead = event.cached_lead_id ? byId.get(event.cached_lead_id) : undefined;
+    if (rememberedStillUsable(lead, settings.pipelineId)) found.set(event, { lead });
+    else {
+      if (event.cached_lead_id) await guarded(event, () => forgetLead(db, event.user_id, event.cached_lead_id!));
+      toSearch.push(event);
+    }
+  }
+
+  // 3. Students with no usable deal: one contact search each, then all their deals in one read.
+  const searches = new Map<ClaimedEvent, StudentSearch>();
+  for (const event of toSearch.filter((e) => !outcomes.has(e))) {
+    const search = await guarded(event, () => searchStudent(amo, event.email!));
+    if (search) searches.set(event, search);
+  }
+  const searched = [...searches.keys()].filter((e) => !outcomes.has(e));
+  const candidateIds = searched.flatMap((e) => searches.get(e)!.exactLeadIds);
+  const candidates = candidateIds.length ? await shared(searched, () => amo.getLeads(candidateIds)) : [];
+  for (const event of searched.filter((e) => !outcomes.has(e))) {
+    const chosen = await guarded(event, async () => {
+      const choice = chosenOrThrow(chooseFromSearch(searches.get(event)!, candidates ?? [], settings.pipelineId));
+      // Kept now: a deferred, retried or failed event never pays this search again.
+      await rememberLead(db, event.user_id, choice.lead.id, choice.contactId, event.email);
+      return choice;
+    });
+    if (chosen) found.set(event, chosen);
+  }
+
+  // 4. Decide each (forward only). The stage order is read at most once, and only if needed.
+  let order: Promise<PipelineStatus[] | undefined> | undefined;
+  const stageOrder = () => (order ??= pipelineOrder(deps));
+  const plans: Plan[] = [];
+  for (const event of open()) {
+    const f = found.get(event);
+    if (!f) continue;
+    const planned = await guarded(event, async () => ({ event, found: f, ...(await decide(deps, event, f.lead, stageOrder)) }), f);
+    if (planned) plans.push(planned);
+  }
+
+  // 5. Two students on one deal: the later event waits for the next run, so no two moves
+  // of one deal are planned from the same read.
+  const byLead = new Map<number, Plan>();
+  for (const plan of plans) {
+    if (byLead.has(plan.found.lead.id)) {
+      outcomes.set(plan.event, await recordDeferred(deps, plan.event, holder, new AmoError('retryable', 'deal_shared', 'другое событие этой сделки в том же пакете'), plan.found));
+    } else byLead.set(plan.found.lead.id, plan);
+  }
+
+  // 6. Moves, 50 per PATCH; a batch amoCRM refuses is retried one by one to find the culprit.
+  const moves = [...byLead.values()].filter((p) => p.decision.action === 'move');
+  for (const chunk of chunks(moves, MAX_BATCH_MOVES)) {
+    const result = chunk.length === 1 ? 'one_by_one'
+      : await shared(chunk.map((p) => p.event), () => amo.moveLeads(chunk.map((p) => ({ id: p.found.lead.id, statusId: p.target })), settings.pipelineId));
+    for (const plan of chunk) {
+      if (outcomes.has(plan.event)) continue;
+      const moved = result === 'ok' || (await guarded(plan.event, async () => {
+        await amo.moveLead(plan.found.lead.id, settings.pipelineId, plan.target);
+        return true;
+      }, plan.found));
+      if (moved) outcomes.set(plan.event, await recordDecision(deps, plan.event, holder, plan.found, plan.decision, plan.target));
+    }
+  }
+
+  // 7. Nothing to move (already there, or skipped): record the decision.
+  for (const plan of byLead.values()) {
+    if (!outcomes.has(plan.event)) outcomes.set(plan.event, await recordDecision(deps, plan.event, holder, plan.found, plan.decision, plan.target));
+  }
+  return events.map((e) => outcomes.get(e)!);
+}
+
+/** The forward-only decision for this event's lesson against the deal's current stage. */
+async function decide(
+  deps: SyncDeps, event: ClaimedEvent, lead: Lead, stageOrder: () => Promise<PipelineStatus[] | undefined>,
+): Promise<{ target: number; decision: MoveDecision }> {
+  const { stageIds } = deps.settings;
+  const targetIndex = event.stage_number - 1;
+  const target = stageIds[targetIndex];
+  if (target === undefined) {
+    throw new AmoError('permanent', 'no_stage', `нет этапа для урока ${event.stage_number}: настроено ${stageIds.length}`,
+      { whatToDo: 'проверьте tripwire_lessons в amocrm.system_settings: номера этапов 1–3' });
+  }
+  const order = stageIds.includes(lead.status_id) ? undefined : await stageOrder();
+  return { target, decision: decideMove(lead.status_id, targetIndex, stageIds, order) };
+}
+
+/** The pipeline's stage order, cached in the database for an hour (one read per hour, not per event). */
+export async function pipelineOrder(deps: SyncDeps): Promise<PipelineStatus[] | undefined> {
+  const { db, amo, settings } = deps;
+  const cached = await getCachedPipeline(db, settings.pipelineId);
+  if (cached) return cached;
+  const pipeline = await amo.getPipeline(settings.pipelineId);
+  if (!pipeline) return undefined;
+  await putCachedPipeline(db, settings.pipelineId, { statuses: pipeline.statuses, name: pipeline.name });
+  return pipeline.statuses;
+}
