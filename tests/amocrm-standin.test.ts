@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { startAmoStandin, type AmoStandin, type StandinOptions } from '../dev/amocrm-standin/index.ts';
 
 const CLIENT = { client_id: 'standin-client-id', client_secret: 'standin-client-secret', redirect_uri: 'https://example.test/oauth' };
@@ -49,7 +49,37 @@ async function start(options: StandinOptions = {}) {
   return { amo, tokens, api, oauth, refresh };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A clock the test moves by hand: the stand-in's rate window and block read it, so counts are exact on any machine. */
+function manualClock() {
+  let t = Date.now();
+  return { now: () => t, advance: (ms: number) => void (t += ms) };
+}
+
+/** Lets pending I/O run (setImmediate is never faked here). */
+const ioTurn = () => new Promise<void>((r) => setImmediate(r));
+async function until(check: () => boolean, what: string) {
+  for (let i = 0; !check(); i++) {
+    if (i > 200_000) throw new Error(`never happened: ${what}`);
+    await ioTurn();
+  }
+}
+
+/** Follows `_links.next` from `path`; returns every page's items under `key`. */
+async function allPages(api: (path: string) => Promise<Response>, path: string, key: string) {
+  const pages: any[][] = [];
+  let next: string | undefined = path;
+  while (next) {
+    const res = await api(next);
+    if (res.status === 204) break;
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as any;
+    pages.push(body._embedded[key]);
+    if (!body._links.next) break;
+    const url = new URL(body._links.next.href);
+    next = url.pathname + url.search;
+  }
+  return pages;
+}
 
 describe('contacts search', () => {
   it('answers 204 with an empty body when nothing matches', async () => {
@@ -108,6 +138,32 @@ describe('contacts search', () => {
     const tooBig = await api('/api/v4/contacts?query=school&limit=251');
     expect(tooBig.status).toBe(422);
     expect(tooBig.headers.get('content-type')).toBe('application/problem+json');
+  });
+});
+
+describe('contacts search with many matches', () => {
+  it('pages 231 matches 50 at a time by default, 250 with limit=250; the exact address is on page 5', async () => {
+    const { amo, api } = await start({ ratePerSecond: 1000 });
+    for (let i = 0; i < 230; i++) amo.addContact({ id: 1000 + i, name: `Namesake ${i}`, emails: [`x${i}.many@school.ru`], leadIds: [] });
+    amo.addContact({ id: 5000, name: 'The student', emails: ['many@school.ru'], leadIds: [11] });
+    const query = '/api/v4/contacts?query=many%40school.ru&with=leads';
+
+    const pages = await allPages(api, query, 'contacts');
+    expect(pages.map((p) => p.length)).toEqual([50, 50, 50, 50, 31]);
+    const ids = pages.flat().map((c) => c.id);
+    expect(new Set(ids).size).toBe(231);
+    expect(pages[4]!.map((c) => c.id)).toContain(5000);
+    expect(pages[4]!.find((c) => c.id === 5000)._embedded.leads.map((l: any) => l.id)).toEqual([11]); // with=leads kept on page 5
+    // A reader that stops after 4 pages of 50 never sees the student.
+    expect(pages.slice(0, 4).flat().map((c) => c.id)).not.toContain(5000);
+
+    const first = (await (await api(query)).json()) as any;
+    const next = new URL(first._links.next.href);
+    expect(Object.fromEntries(next.searchParams)).toMatchObject({ query: 'many@school.ru', with: 'leads', page: '2', limit: '50' });
+
+    const wide = await allPages(api, `${query}&limit=250`, 'contacts');
+    expect(wide.map((p) => p.length)).toEqual([231]);
+    expect((await api(`${query}&limit=250&page=2`)).status).toBe(204);
   });
 });
 
@@ -205,8 +261,9 @@ describe('auth and tokens', () => {
 });
 
 describe('rate limit and blocking', () => {
-  it('lets exactly 7 of 20 simultaneous requests through, the rest get 429 with retry_after', async () => {
-    const { amo, api } = await start();
+  it('lets exactly 7 of 20 requests within one second through, the rest get 429 with retry_after', async () => {
+    const clock = manualClock();
+    const { amo, api } = await start({ now: clock.now });
     const responses = await Promise.all(Array.from({ length: 20 }, () => api('/api/v4/account')));
     const statuses = responses.map((r) => r.status);
     expect(statuses.filter((s) => s === 200)).toHaveLength(7);
@@ -215,35 +272,80 @@ describe('rate limit and blocking', () => {
     expect(limited.headers.get('retry-after')).toBe('1');
     expect(await limited.json()).toMatchObject({ title: 'Too Many Requests', type: 'https://httpstatus.es/429', status: 429, retry_after: 1 });
     expect(amo.counts().tooMany).toBe(13);
-    await sleep(1100);
+    clock.advance(1000);
     expect((await api('/api/v4/account')).status).toBe(200);
+  });
+
+  it('slides: a place frees exactly when the request holding it is a second old', async () => {
+    const clock = manualClock();
+    const { api } = await start({ now: clock.now, ratePerSecond: 2 });
+    expect((await api('/api/v4/account')).status).toBe(200);
+    clock.advance(500);
+    expect((await api('/api/v4/account')).status).toBe(200);
+    clock.advance(499);
+    expect((await api('/api/v4/account')).status).toBe(429); // the first is 999 ms old
+    clock.advance(1);
+    expect((await api('/api/v4/account')).status).toBe(200); // …now it is out of the window
+    expect((await api('/api/v4/account')).status).toBe(429); // a rejected request took no place
   });
 
   it('counts /oauth2 requests in the same window', async () => {
-    const { api, refresh } = await start({ ratePerSecond: 2 });
+    const clock = manualClock();
+    const { api, refresh } = await start({ now: clock.now, ratePerSecond: 2 });
     expect((await api('/api/v4/account')).status).toBe(200);
     expect((await refresh('standin-rt-unknown')).status).toBe(401);
     expect((await refresh('standin-rt-unknown')).status).toBe(429);
+    expect((await api('/api/v4/account')).status).toBe(429);
   });
 
   it('blocks with 403 everywhere after N violations, until reset()', async () => {
-    const { amo, api } = await start({ ratePerSecond: 2, blockAfterViolations: 3 });
+    const clock = manualClock();
+    const { amo, api } = await start({ now: clock.now, ratePerSecond: 2, blockAfterViolations: 3 });
     const statuses = (await Promise.all(Array.from({ length: 5 }, () => api('/api/v4/account')))).map((r) => r.status);
     expect(statuses.filter((s) => s === 429)).toHaveLength(3);
-    await sleep(1100); // the rate window is clear again, the block is not
+    clock.advance(1000); // the rate window is clear again, the block is not
     const blocked = await api('/api/v4/account');
     expect(blocked.status).toBe(403);
+    expect(blocked.headers.get('content-type')).toMatch(/^text\/html/);
     expect(await blocked.text()).toContain('403');
     expect((await fetch(`${amo.url}/anything`)).status).toBe(403);
+    expect((await fetch(`${amo.url}/oauth2/access_token`, { method: 'POST' })).status).toBe(403);
     amo.reset();
     expect((await api('/api/v4/account')).status).toBe(200);
   });
 
-  it('does not block when blockAfterViolations is 0', async () => {
-    const { api } = await start({ ratePerSecond: 1 });
-    await Promise.all(Array.from({ length: 10 }, () => api('/api/v4/account')));
-    await sleep(1100);
+  it('does not block when blockAfterViolations is 0, under traffic that blocks when it is set', async () => {
+    const storm = async (blockAfterViolations?: number) => {
+      const clock = manualClock();
+      const { amo, api } = await start({ now: clock.now, ratePerSecond: 1, ...(blockAfterViolations === undefined ? {} : { blockAfterViolations }) });
+      const statuses = (await Promise.all(Array.from({ length: 10 }, () => api('/api/v4/account')))).map((r) => r.status);
+      clock.advance(1000);
+      return { statuses, after: (await api('/api/v4/account')).status, tooMany: amo.counts().tooMany };
+    };
+    const unblocked = await storm(0);
+    expect(unblocked.tooMany).toBe(9);
+    expect(unblocked.statuses.filter((s) => s === 429)).toHaveLength(9);
+    expect(unblocked.statuses).not.toContain(403);
+    expect(unblocked.after).toBe(200);
+    expect((await storm()).after).toBe(200); // 0 is also the default
+    expect((await storm(3)).after).toBe(403); // the same storm blocks when blocking is on
+  });
+
+  it('forgets violations older than 60 s', async () => {
+    const clock = manualClock();
+    const { api } = await start({ now: clock.now, ratePerSecond: 1, blockAfterViolations: 3 });
+    const twoViolations = async () => {
+      const statuses = (await Promise.all(Array.from({ length: 3 }, () => api('/api/v4/account')))).map((r) => r.status);
+      expect(statuses.filter((s) => s === 429)).toHaveLength(2);
+    };
+    await twoViolations();
+    clock.advance(60_001);
+    await twoViolations(); // 4 in all, but only 2 within the last 60 s
+    clock.advance(1000);
     expect((await api('/api/v4/account')).status).toBe(200);
+    expect((await api('/api/v4/account')).status).toBe(429); // the third within 60 s
+    clock.advance(1000);
+    expect((await api('/api/v4/account')).status).toBe(403);
   });
 });
 
@@ -266,6 +368,41 @@ describe('leads', () => {
     const [open11, won12] = body._embedded.leads;
     expect(open11).toMatchObject({ id: 11, price: 0, status_id: 101, pipeline_id: TRIPWIRE, closed_at: null, is_deleted: false, updated_at: 1_700_000_000 });
     expect(won12).toMatchObject({ id: 12, status_id: 142, closed_at: 1_700_000_000 });
+  });
+
+  it('answers 50 leads per page by default: a read of 60 ids without paging misses 10', async () => {
+    const { amo, api } = await start({ ratePerSecond: 1000 });
+    const ids = Array.from({ length: 60 }, (_, i) => 2000 + i);
+    for (const id of ids) amo.addLead({ id, name: `Deal ${id}`, pipelineId: TRIPWIRE, statusId: 101, updatedAt: 1_700_000_000 });
+    const query = `/api/v4/leads?${ids.map((id) => `filter[id][]=${id}`).join('&')}`;
+    const first = (await (await api(query)).json()) as any;
+    expect(first._embedded.leads).toHaveLength(50);
+    expect(first._page).toBe(1);
+    expect(first._links.next.href).toMatch(/[?&]page=2(&|$)/);
+    const pages = await allPages(api, query, 'leads');
+    expect(pages.map((p) => p.length)).toEqual([50, 10]);
+    expect(pages.flat().map((l) => l.id)).toEqual(ids);
+  });
+
+  it('reads 251 ids as 250 + 1 with limit=250, and 422 above 250', async () => {
+    const { amo, api } = await start({ ratePerSecond: 1000 });
+    const ids = Array.from({ length: 251 }, (_, i) => 3000 + i);
+    for (const id of ids) amo.addLead({ id, name: `Deal ${id}`, pipelineId: TRIPWIRE, statusId: 101, updatedAt: 1_700_000_000 });
+    amo.addLead({ id: 9999, name: 'Not asked for', pipelineId: TRIPWIRE, statusId: 101, updatedAt: 1_700_000_000 });
+    const filter = ids.map((id) => `filter[id][]=${id}`).join('&');
+
+    const pages = await allPages(api, `/api/v4/leads?${filter}&limit=250`, 'leads');
+    expect(pages.map((p) => p.length)).toEqual([250, 1]);
+    expect(pages.flat().map((l) => l.id)).toEqual(ids);
+    expect((await api(`/api/v4/leads?${filter}&limit=250&page=3`)).status).toBe(204);
+
+    const unpaged = (await (await api(`/api/v4/leads?${filter}&limit=250`)).json()) as any;
+    expect(unpaged._embedded.leads.map((l: any) => l.id)).not.toContain(ids[250]); // one page alone misses the last
+
+    const tooBig = await api(`/api/v4/leads?${filter}&limit=251`);
+    expect(tooBig.status).toBe(422);
+    expect(tooBig.headers.get('content-type')).toBe('application/problem+json');
+    expect((await api(`/api/v4/leads?${filter}&limit=0`)).status).toBe(400);
   });
 
   it('GET /leads/:id answers the lead, and 204 for unknown or deleted ones', async () => {
@@ -445,17 +582,20 @@ describe('faults, routing and bookkeeping', () => {
   it("'timeout' holds the request, and close() still completes promptly", async () => {
     const { amo, api } = await start();
     amo.inject('GET /api/v4/contacts', { kind: 'timeout' });
-    const pending = api('/api/v4/contacts?query=anna');
-    const settled = pending.then(
-      () => 'answered',
-      () => 'failed',
+    let outcome = 'pending';
+    const settled = api('/api/v4/contacts?query=anna').then(
+      () => (outcome = 'answered'),
+      () => (outcome = 'failed'),
     );
-    await sleep(200);
-    expect(await Promise.race([settled, sleep(0).then(() => 'pending')])).toBe('pending');
-    const closedInTime = await Promise.race([amo.close().then(() => true), sleep(2000).then(() => false)]);
-    expect(closedInTime).toBe(true);
-    expect(await settled).toBe('failed');
-  });
+    await until(() => amo.requests.length === 1, 'the stand-in to receive the request');
+    for (let i = 0; i < 20; i++) await ioTurn();
+    expect(outcome).toBe('pending');
+    expect(amo.requests[0]!.status).toBe(0); // never answered
+    // close() drops the held socket instead of waiting out the 60 s hold (the test's timeout is far shorter).
+    await amo.close();
+    await settled;
+    expect(outcome).toBe('failed');
+  }, 15_000);
 
   it('unknown endpoints are 404 problem+json, oversized bodies 413', async () => {
     const { amo, api } = await start({ ratePerSecond: 100 });
@@ -464,6 +604,10 @@ describe('faults, routing and bookkeeping', () => {
     expect(res.headers.get('content-type')).toBe('application/problem+json');
     expect(await res.json()).toMatchObject({ title: 'Not Found', status: 404, type: 'https://httpstatus.es/404', detail: expect.any(String) });
     expect((await api('/api/v4/leads/11', { method: 'DELETE' })).status).toBe(404);
+    // Endpoints nothing in the sync calls are not served.
+    expect((await api('/api/v4/contacts/1')).status).toBe(404);
+    expect((await api('/api/v4/leads/11/notes', { method: 'POST', body: JSON.stringify([{ note_type: 'common' }]) })).status).toBe(404);
+    expect((await api(`/api/v4/leads/pipelines/${TRIPWIRE}/statuses`)).status).toBe(404);
     const big = await api('/api/v4/leads', { method: 'PATCH', body: JSON.stringify([{ id: 11, name: 'x'.repeat(1_100_000) }]) });
     expect(big.status).toBe(413);
     expect(amo.lead(11)?.name).toBe('Deal 11');
@@ -485,12 +629,28 @@ describe('faults, routing and bookkeeping', () => {
     expect(amo.requests).toHaveLength(0);
   });
 
-  it('adds latency before answering', async () => {
+  it('holds each answer for the latency range before sending it', async () => {
     const { amo, api } = await start();
     amo.setLatency([120, 150]);
-    const t0 = Date.now();
-    expect((await api('/api/v4/account')).status).toBe(200);
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(110);
+    // Only the stand-in's hold uses setTimeout here; faking it lets the test say when time passes.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      let answered = false;
+      const response = api('/api/v4/account').then((r) => {
+        answered = true;
+        return r;
+      });
+      await until(() => amo.requests[0]?.status === 200, 'the stand-in to decide its answer');
+      for (let i = 0; i < 20; i++) await ioTurn();
+      expect(answered).toBe(false);
+      vi.advanceTimersByTime(119);
+      for (let i = 0; i < 20; i++) await ioTurn();
+      expect(answered).toBe(false); // still inside the 120 ms minimum
+      vi.advanceTimersByTime(31);
+      expect((await response).status).toBe(200);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('binds 127.0.0.1', async () => {
