@@ -38,7 +38,10 @@ export const RESERVE_HORIZON_MS = 1000;
 const offsets = new WeakMap<Clock, number>();
 const CLOCK_STEP_MS = 1000;
 
-export function databaseRateLimiter(db: Db, clock: Clock, perSecond: number, maxWaitMs: number): RateLimiter {
+export function databaseRateLimiter(
+  db: Db, clock: Clock, perSecond: number, maxWaitMs: number,
+  { lateToleranceMs = LATE_TOLERANCE_MS }: { lateToleranceMs?: number } = {},
+): RateLimiter {
   const noSlot = (waitMs: number) =>
     retryable('no_rate_slot', `очередь к amoCRM длиннее ${maxWaitMs} мс: событие оставлено следующему запуску`, { retryAfterMs: waitMs });
 
@@ -58,7 +61,7 @@ export function databaseRateLimiter(db: Db, clock: Clock, perSecond: number, max
         const startAt = localSlotTime(clock, answeredAt, slot);
         const wait = startAt - clock.now();
         if (wait > 0) await clock.sleep(wait);
-        if (clock.now() - startAt <= LATE_TOLERANCE_MS) return;
+        if (clock.now() - startAt <= lateToleranceMs) return;
         // Too late to keep the promise: this slot is void, take a new one.
       }
     },
