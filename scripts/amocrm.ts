@@ -1,39 +1,59 @@
-// `npm run amocrm -- <command>`: the operator commands (see lib/cli/amocrm-commands.ts).
-//   npm run amocrm -- pipelines
-//   npm run amocrm -- find-deal student@example.com
-//   npm run amocrm -- exchange-code <code>
-//   npm run amocrm -- store-long-lived <token>
-//   npm run amocrm -- refresh
-// Options: --embedded (local stack), --database-url <postgres-url>. Unknown command: exit 2.
-import { loadDotEnv, openTarget, parseCliArgs, runAmocrmCommand, USAGE } from '../lib/cli/amocrm-commands.ts';
+// `npm run amocrm -- <command>`: the operator commands of lib/ops/, run against the target
+// chosen by scripts/target.ts. Exit 0 done, 1 failed, 2 bad arguments.
+import type { CommandContext, CommandResult } from '../lib/ops/command.ts';
+import { findDealCommand } from '../lib/ops/find-deal.ts';
+import { pipelinesCommand } from '../lib/ops/pipelines.ts';
+import { exchangeCodeCommand, refreshCommand, storeLongLivedCommand } from '../lib/ops/tokens.ts';
 import { redact } from '../lib/log.ts';
+import { parseCommandLine, runMain, UsageError } from './cli.ts';
+import { openTarget, requireDatabase, TARGET_OPTIONS, TARGET_USAGE } from './target.ts';
 
-const KNOWN = new Set(['pipelines', 'find-deal', 'exchange-code', 'store-long-lived', 'refresh']);
-const options = parseCliArgs(process.argv.slice(2));
-const [command] = options.args;
-if (!command || !KNOWN.has(command)) {
-  if (command && command !== 'help' && command !== '--help') console.error(`unknown command: ${command}\n`);
-  console.error(USAGE);
-  process.exit(command === 'help' || command === '--help' ? 0 : 2);
-}
-if (!options.embedded) loadDotEnv();
+const USAGE = [
+  'Usage: npm run amocrm -- <command> [--embedded] [--database-url <postgres-url>]',
+  '',
+  'Commands:',
+  '  pipelines                 list pipelines and stages with ids (to fill AMOCRM_PIPELINE_ID / AMOCRM_STAGE_LESSON_*)',
+  '  find-deal <email>         find the deal for a student e-mail and explain the choice',
+  '  exchange-code <code>      exchange an amoCRM authorization code for the first token pair and store it',
+  '  store-long-lived <token>  store a long-lived token (private integration)',
+  '  refresh                   refresh the token pair now',
+  '',
+  'Options:',
+  TARGET_USAGE,
+  '',
+  'Production reads the environment (and .env) like the functions: SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY, AMOCRM_*.',
+].join('\n');
 
-let code = 1;
-const target = await openTarget(options, process.env).catch((err) => {
-  console.log(redact(`❌ database: cannot connect: ${String((err as Error)?.message ?? err)}`));
-  process.exit(1);
-});
-try {
-  if (!target.db) {
-    console.log('❌ no database: set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or pass --database-url postgres://…, or --embedded)');
-  } else {
-    const result = await runAmocrmCommand({ db: target.db, env: target.env }, options.args);
-    for (const line of result.lines) console.log(redact(line));
-    code = result.exitCode;
+/** Each command: what its one argument is (if it takes one), and how it runs. */
+const COMMANDS: Record<string, { argument?: string; run: (ctx: CommandContext, arg: string) => Promise<CommandResult> }> = {
+  pipelines: { run: (ctx) => pipelinesCommand(ctx) },
+  'find-deal': { argument: 'an e-mail', run: findDealCommand },
+  'exchange-code': { argument: 'the authorization code', run: exchangeCodeCommand },
+  'store-long-lived': { argument: 'the token', run: storeLongLivedCommand },
+  refresh: { run: (ctx) => refreshCommand(ctx) },
+};
+
+await runMain(async () => {
+  const { values, positionals } = parseCommandLine(process.argv.slice(2), { ...TARGET_OPTIONS, help: { type: 'boolean', short: 'h' } }, true);
+  const [name, arg, ...extra] = positionals;
+  if (values.help || name === 'help') {
+    console.log(USAGE);
+    return 0;
   }
-} catch (err) {
-  console.log(redact(`❌ ${String((err as Error)?.message ?? err)}`));
-} finally {
-  await target.close().catch(() => undefined);
-}
-process.exit(code);
+  if (!name) throw new UsageError('no command');
+  const command = COMMANDS[name];
+  if (!command) throw new UsageError(`unknown command: ${name}`);
+  if (command.argument && !arg) throw new UsageError(`${name} needs ${command.argument}`);
+  const unexpected = command.argument ? extra : [arg, ...extra].filter((a) => a !== undefined);
+  if (unexpected.length) throw new UsageError(`unexpected argument(s) after ${name}: ${unexpected.join(' ')}`);
+
+  const target = await openTarget(values);
+  try {
+    const db = requireDatabase(target, `npm run amocrm -- ${name}${arg ? ' …' : ''} --embedded`);
+    const result = await command.run({ db, env: target.env }, arg ?? '');
+    for (const line of result.lines) console.log(redact(line));
+    return result.exitCode;
+  } finally {
+    await target.close().catch(() => undefined);
+  }
+}, USAGE);

@@ -1,30 +1,32 @@
 // `npm run amocrm -- <command>` over the embedded stack: pipelines with the configured
 // stages marked, find-deal explaining an over-matching search, exchange-code storing the
 // first pair and resuming parked events, refresh rotating once, store-long-lived; and no
-// printed line ever carries a token.
-import { execFile } from 'node:child_process';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// printed line ever carries a token. The CLI itself: every way it can go wrong ends with
+// one ❌ line and an exit code, never a stack trace.
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LOCAL, startEmbedded, type Embedded } from '../dev/embedded.ts';
-import {
-  exchangeCodeCommand, findDealCommand, parseCliArgs, pipelinesCommand, refreshCommand, runAmocrmCommand,
-  storeLongLivedCommand, USAGE, type CommandContext, type CommandResult,
-} from '../lib/cli/amocrm-commands.ts';
+import type { CommandContext, CommandResult } from '../lib/ops/command.ts';
+import { findDealCommand } from '../lib/ops/find-deal.ts';
+import { pipelinesCommand } from '../lib/ops/pipelines.ts';
+import { exchangeCodeCommand, refreshCommand, storeLongLivedCommand } from '../lib/ops/tokens.ts';
 import { memoryLogger } from '../lib/log.ts';
+import { CRASH_TRACE, emptyDirectory, lastLine, root, runScript, type CliRun } from './helpers/cli.ts';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const TOKEN_SHAPED = /standin-(?:at|rt)-[0-9a-f]+|standin-client-secret|eyJ[A-Za-z0-9_-]{8,}/;
+const runCli = (args: string[], options: Parameters<typeof runScript>[2] = {}) => runScript('scripts/amocrm.ts', args, options);
 
-function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('AMOCRM_')));
-  return new Promise((resolve) => {
-    execFile('npx', ['tsx', 'scripts/amocrm.ts', ...args], { cwd: root, env, timeout: 90_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
+/** Ended on purpose: the exit code, the last line of the stream it belongs to, no stack trace anywhere. */
+function expectCleanEnd(run: CliRun, code: number, stream: 'stdout' | 'stderr', last: RegExp) {
+  expect(`${run.stdout}\n${run.stderr}`).not.toMatch(CRASH_TRACE);
+  expect(lastLine(run[stream])).toMatch(last);
+  expect(run.code).toBe(code);
 }
+
+/** The JWT's own `exp` (seconds), read here without the code under test. */
+const jwtExp = (token: string) => JSON.parse(Buffer.from(token.split('.')[1]!, 'base64url').toString('utf8')).exp as number;
 
 describe('npm run amocrm', () => {
   let app: Embedded;
@@ -187,7 +189,7 @@ describe('npm run amocrm', () => {
     expect(result.exitCode).toBe(0);
     const stored = await storedTokens();
     expect(stored).toMatchObject({ kind: 'long_lived', rt: null });
-    expect(Math.abs(Date.parse(stored.expires_at!) - (Date.now() + 365 * 86400_000))).toBeLessThan(120_000);
+    expect(Date.parse(stored.expires_at!)).toBe(jwtExp(token) * 1000);
     expect(result.lines[0]).toMatch(/^✅ long-lived token stored \(version \d+\): expires \S+ \(in 365 days\)/);
     expect(result.lines).toContain("✅ amoCRM accepts it: account 'Stand-in School' (standin)");
     for (const r of [refused, wrong, result]) {
@@ -203,24 +205,84 @@ describe('npm run amocrm', () => {
     expect(refresh.lines[0]).toMatch(/^❌ .*no_refresh/);
   });
 
-  it('dispatch: unknown command or missing argument → usage, exit 2', async () => {
-    const unknown = await runAmocrmCommand(ctx, ['bogus']);
-    expect(unknown.exitCode).toBe(2);
-    expect(unknown.lines.join('\n')).toContain(USAGE);
-    expect((await runAmocrmCommand(ctx, ['find-deal'])).exitCode).toBe(2);
-    expect((await runAmocrmCommand(ctx, ['exchange-code'])).exitCode).toBe(2);
-    expect(parseCliArgs(['find-deal', 'a@b.kz', '--embedded', '--database-url', 'postgres://x/y'])).toEqual({
-      embedded: true, databaseUrl: 'postgres://x/y', args: ['find-deal', 'a@b.kz'],
-    });
-  });
-
-  it('the CLI: `tsx scripts/amocrm.ts pipelines --embedded` exits 0; an unknown command exits 2 with the usage', async () => {
+  it('the CLI: `pipelines --embedded` exits 0 with the pipelines; an unknown command: usage, then one ❌ line, exit 2', async () => {
     const [ok, bad] = await Promise.all([runCli(['pipelines', '--embedded']), runCli(['bogus'])]);
     expect(ok.stdout).toContain("pipeline 7000001  'Tripwire'   ← AMOCRM_PIPELINE_ID");
-    expect(ok.code).toBe(0);
+    expectCleanEnd(ok, 0, 'stdout', /^✅ configured: pipeline 'Tripwire' \(7000001\), stages 70011, 70012, 70013$/);
     expect(ok.stdout).not.toMatch(TOKEN_SHAPED);
-    expect(bad.code).toBe(2);
-    expect(bad.stderr).toContain('unknown command: bogus');
     expect(bad.stderr).toContain('Usage: npm run amocrm -- <command>');
-  }, 90_000);
+    expectCleanEnd(bad, 2, 'stderr', /^❌ unknown command: bogus → see the usage above$/);
+    expect(bad.stdout).toBe('');
+  }, 120_000);
+});
+
+describe('npm run amocrm: every failure ends with one ❌ line and an exit code', () => {
+  const dir = emptyDirectory();
+  afterAll(() => dir.remove());
+
+  it('no .env and no database: says to copy .env.example or use --embedded, exit 1', async () => {
+    const run = await runCli(['pipelines'], { cwd: dir.path });
+    expectCleanEnd(run, 1, 'stdout', /^❌ no \.env here \(.*\) and no database in the environment → cp \.env\.example \.env and fill it in, or try a fresh local stack: npm run amocrm -- pipelines --embedded$/);
+  }, 60_000);
+
+  it('bad arguments: an unknown flag, a missing argument, an extra one, a flag without its value → usage, ❌ naming it, exit 2', async () => {
+    const runs = await Promise.all([
+      runCli(['pipelines', '--bogus'], { cwd: dir.path }),
+      runCli(['find-deal'], { cwd: dir.path }),
+      runCli(['refresh', 'now'], { cwd: dir.path }),
+      runCli(['pipelines', '--database-url'], { cwd: dir.path }),
+      runCli([], { cwd: dir.path }),
+    ]);
+    const lasts = [
+      /^❌ Unknown option '--bogus' → see the usage above$/,
+      /^❌ find-deal needs an e-mail → see the usage above$/,
+      /^❌ unexpected argument\(s\) after refresh: now → see the usage above$/,
+      /^❌ Option '--database-url <value>' argument missing → see the usage above$/,
+      /^❌ no command → see the usage above$/,
+    ];
+    runs.forEach((run, i) => {
+      expectCleanEnd(run, 2, 'stderr', lasts[i]!);
+      expect(run.stderr).toContain('Usage: npm run amocrm -- <command>');
+    });
+  }, 60_000);
+
+  describe('a database that does not answer', () => {
+    // Accepts and drops every connection: "reachable port, no PostgreSQL", held by the test.
+    let server: Server;
+    let url: string;
+    beforeAll(async () => {
+      server = createServer((socket) => socket.destroy());
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      url = `postgres://postgres:secret-password@127.0.0.1:${(server.address() as { port: number }).port}/nowhere`;
+    });
+    afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+
+    it('--database-url: one ❌ line naming the server (not the password), exit 1', async () => {
+      const run = await runCli(['pipelines', '--database-url', url], { cwd: dir.path });
+      const port = new URL(url).port;
+      expectCleanEnd(run, 1, 'stdout', new RegExp(`^❌ cannot reach PostgreSQL 127\\.0\\.0\\.1:${port}/nowhere: .+ → check --database-url / DATABASE_URL and that the server is running$`));
+      expect(run.stdout + run.stderr).not.toContain('secret-password');
+    }, 60_000);
+
+    it('a --database-url that is not a postgres:// URL: usage error, exit 2', async () => {
+      const run = await runCli(['pipelines', '--database-url', 'https://example.com/db'], { cwd: dir.path });
+      expectCleanEnd(run, 2, 'stderr', /^❌ the database URL must be a postgres:\/\/ URL \(got "https:\/\/example\.com\/db"\) → see the usage above$/);
+    }, 60_000);
+  });
+});
+
+describe('production code never loads the embedded stand-in', () => {
+  const files = (dir: string): string[] => readdirSync(dir).flatMap((name) => {
+    const path = join(dir, name);
+    return statSync(path).isDirectory() ? files(path) : /\.(ts|mts)$/.test(name) ? [path] : [];
+  });
+  const importsDev = (path: string) => /(?:from|import)\s*\(?\s*['"](?:\.\.\/)+dev\//.test(readFileSync(path, 'utf8'));
+
+  it('nothing in lib/ or functions/ imports dev/; of the operator CLIs only scripts/target.ts does', () => {
+    const production = [...files(join(root, 'lib')), ...files(join(root, 'functions'))];
+    expect(production.length).toBeGreaterThan(10);
+    expect(production.filter(importsDev).map((p) => relative(root, p))).toEqual([]);
+    const operatorClis = ['cli.ts', 'target.ts', 'doctor.ts', 'amocrm.ts', 'replay.ts'].map((f) => join(root, 'scripts', f));
+    expect(operatorClis.filter(importsDev).map((p) => relative(root, p))).toEqual(['scripts/target.ts']);
+  });
 });
