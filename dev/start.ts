@@ -1,11 +1,27 @@
 // `npm start`: the whole sync on this machine, no Supabase and no amoCRM account needed.
 // Shows a student completing lessons 67, 68, 69 and the deal walking through the three
 // stages, then keeps serving so you can post your own events (see README).
-import { LOCAL, startEmbedded } from './embedded.ts';
+import { LOCAL, startEmbedded, type Embedded } from './embedded.ts';
 
-const port = Number(process.env.PORT ?? 8888);
+/** Ends the way every CLI here ends: one ❌ line that says what to do, exit 1. */
+function fail(line: string, err?: unknown): never {
+  if (process.env.DEBUG && err) console.error(err);
+  console.error(`❌ ${line}`);
+  process.exit(1);
+}
+const crashed = (err: unknown) => fail(`npm start stopped: ${(err as Error)?.message ?? err}${process.env.DEBUG ? '' : ' (DEBUG=1 shows the stack trace)'}`, err);
+process.on('uncaughtException', crashed);
+process.on('unhandledRejection', crashed);
+
+const portText = process.env.PORT?.trim() || '8888';
+const port = Number(portText);
+if (!/^\d+$/.test(portText) || port > 65535) fail(`PORT=${portText} is not a port number (0–65535) → PORT=8890 npm start`);
 const t0 = Date.now();
-const app = await startEmbedded({ port, expiredToken: true });
+const app: Embedded = await startEmbedded({ port, expiredToken: true }).catch((err: NodeJS.ErrnoException) => {
+  if (err?.code === 'EADDRINUSE') fail(`port ${port} is busy (another npm start, or netlify dev?) → stop it, or choose another port: PORT=${port + 1} npm start`);
+  if (err?.code === 'EACCES') fail(`port ${port} needs privileges here → choose a port above 1023: PORT=8888 npm start`);
+  fail(`the embedded stack did not start: ${err?.message ?? err}${process.env.DEBUG ? '' : ' (DEBUG=1 shows the stack trace)'}`, err);
+});
 const say = (text: string) => console.log(`\n── ${text}`);
 say(`Встроенный режим запущен за ${Date.now() - t0} мс: PGlite (PostgreSQL 17) с миграциями, amoCRM-заглушка ${app.amo.url}, функции ${app.url}`);
 
