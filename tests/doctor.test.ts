@@ -1,18 +1,20 @@
 // `npm run doctor`: every check ✅ on the embedded default; each broken setting gives the
 // ❌ line that names it (and exit code 1); the database facts never carry a secret; the
-// real CLI exits 0 / 1 and prints nothing token-shaped.
-import { execFile } from 'node:child_process';
+// real CLI exits 0 / 1, ends with one summary line, never a stack trace, and prints
+// nothing token-shaped; a first run (no .env, or .env.example copied as is) is told what to do.
+import { copyFileSync, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import { parseEnv } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPostgresDatabase } from '../dev/database.ts';
 import { LOCAL, startEmbedded, type Embedded } from '../dev/embedded.ts';
 import { exitCodeOf, formatCheck, runDoctor, type CheckResult, type DoctorFacts } from '../lib/doctor.ts';
 import { memoryLogger } from '../lib/log.ts';
+import { CRASH_TRACE, emptyDirectory, lastLine, root, runScript } from './helpers/cli.ts';
 import { createTestDatabase, usingPostgres, type TestDatabase } from './helpers/db.ts';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const TOKEN_SHAPED = /standin-(?:at|rt)-[0-9a-f]+|standin-client-secret|local-demo-webhook-secret|eyJ[A-Za-z0-9_-]{8,}/;
 const ALL_CHECKS = [
   'env', 'stage ids', 'OAuth', 'database', 'migrations', 'trigger', 'pg_net', 'webhook URL', 'webhook secret',
@@ -23,15 +25,12 @@ const fails = (results: CheckResult[]) => results.filter((r) => r.status === 'fa
 const find = (results: CheckResult[], check: string) => results.find((r) => r.check === check);
 const without = (env: Record<string, string>, key: string) => Object.fromEntries(Object.entries(env).filter(([k]) => k !== key));
 
-/** Runs a script with tsx as a child process; resolves with its exit code and output. */
-function runCli(args: string[], env: Record<string, string | undefined>): Promise<{ code: number; out: string }> {
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('AMOCRM_')));
-  return new Promise((resolve) => {
-    execFile('npx', ['tsx', ...args], { cwd: root, env: { ...clean, ...env }, timeout: 90_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
-      resolve({ code, out: `${stdout}\n${stderr}` });
-    });
-  });
+/** `npm run doctor` as its own process: exit code, all output, the last line of stdout. */
+async function runCli(args: string[], env: Record<string, string | undefined>, cwd = root) {
+  const run = await runScript('scripts/doctor.ts', args, { env, cwd });
+  const out = `${run.stdout}\n${run.stderr}`;
+  expect(out).not.toMatch(CRASH_TRACE);
+  return { code: run.code, out, last: lastLine(run.stdout), stderrLast: lastLine(run.stderr) };
 }
 
 describe('doctor on the embedded stack', () => {
@@ -160,22 +159,23 @@ describe('doctor on the embedded stack', () => {
   });
 
   it('the CLI: `tsx scripts/doctor.ts --embedded` exits 0 and prints no secret', async () => {
-    const { code, out } = await runCli(['scripts/doctor.ts', '--embedded'], {});
+    const { code, out, last } = await runCli(['--embedded'], {});
     expect(out).not.toMatch(/❌|⚠️/);
     expect(code).toBe(0);
-    expect(out.match(/^✅ /gm)?.length).toBe(ALL_CHECKS.length);
-    expect(out).toContain('All checks passed.');
+    expect(out.match(/^✅ /gm)?.length).toBe(ALL_CHECKS.length + 1);
+    expect(last).toBe('✅ All checks passed.');
     expect(out).not.toMatch(TOKEN_SHAPED);
     expect(out).not.toContain('standin-client-secret');
-  }, 90_000);
+  }, 120_000);
 
   it('the CLI honours env overrides in --embedded mode: a placeholder stage exits 1', async () => {
-    const { code, out } = await runCli(['scripts/doctor.ts', '--embedded'], { AMOCRM_STAGE_LESSON_2: '12345678' });
+    const { code, out, last } = await runCli(['--embedded'], { AMOCRM_STAGE_LESSON_2: '12345678' });
     expect(out).toContain('from the environment: AMOCRM_STAGE_LESSON_2');
     expect(out).toMatch(/^❌ AMOCRM_STAGE_LESSON_2: 12345678 is the placeholder/m);
+    expect(last).toBe('❌ 1 problem(s) to fix.');
     expect(code).toBe(1);
     expect(out).not.toMatch(TOKEN_SHAPED);
-  }, 90_000);
+  }, 120_000);
 
   it.runIf(usingPostgres)('the CLI with --database-url against PostgreSQL (DATABASE_URL): all ✅', async () => {
     const created = await createPostgresDatabase(process.env.DATABASE_URL!);
@@ -186,17 +186,111 @@ describe('doctor on the embedded stack', () => {
       await created.admin.query(`insert into amocrm.system_settings (key, value) values
           ('webhook_url', to_jsonb('https://academy.example/api/amocrm/lesson-completed'::text)), ('webhook_secret', to_jsonb($1::text))
         on conflict (key) do update set value = excluded.value`, [app.env.AMOCRM_WEBHOOK_SECRET]);
-      const { code, out } = await runCli(['scripts/doctor.ts', '--database-url', created.url], app.env);
+      const dir = emptyDirectory();
+      const { code, out, last } = await runCli(['--database-url', created.url], app.env, dir.path).finally(dir.remove);
       expect(out).toMatch(/doctor — postgres \(PostgreSQL /);
       expect(out).not.toMatch(/❌|⚠️/);
       expect(out).toContain('✅ webhook URL: https://academy.example/api/amocrm/lesson-completed');
+      expect(last).toBe('✅ All checks passed.');
       expect(code).toBe(0);
       expect(out).not.toContain(pair.access_token);
       expect(out).not.toMatch(TOKEN_SHAPED);
     } finally {
       await created.drop();
     }
-  }, 90_000);
+  }, 120_000);
+
+  it('AMOCRM_REPLAY_TOKEN missing: ❌ names it and why (replay and status answer 503), the rest stays ✅', async () => {
+    const results = await runDoctor({ env: without(app.env, 'AMOCRM_REPLAY_TOKEN'), db: app.db });
+    expect(fails(results).map(formatCheck)).toEqual([
+      '❌ AMOCRM_REPLAY_TOKEN: missing — /api/amocrm/replay and /api/amocrm/status answer 503 to every call without it → generate one: openssl rand -hex 32; set it in Netlify → Site configuration → Environment variables (and .env locally)',
+    ]);
+    expect(find(results, 'env')!.detail).not.toContain('replay token');
+    expect(exitCodeOf(results)).toBe(1);
+  });
+
+  it('.env.example\'s URLs left in place: ❌ SUPABASE_URL and AMOCRM_REDIRECT_URI as placeholders, and no ✅ Supabase for them', async () => {
+    const serviceKey = `eyJhbGciOiJIUzI1NiJ9.${Buffer.from(JSON.stringify({ role: 'service_role' })).toString('base64url')}.c2ln`;
+    const results = await runDoctor({
+      env: { ...app.env, SUPABASE_URL: 'https://your-project.supabase.co', SUPABASE_SERVICE_ROLE_KEY: serviceKey, AMOCRM_REDIRECT_URI: 'https://your-site.netlify.app/oauth/amocrm' },
+      db: app.db, requireSupabase: true,
+    });
+    expect(fails(results).map((r) => r.check)).toEqual(['SUPABASE_URL', 'AMOCRM_REDIRECT_URI']);
+    expect(formatCheck(find(results, 'SUPABASE_URL')!)).toMatch(/^❌ SUPABASE_URL: your-project\.supabase\.co is the example from \.env\.example, not your Supabase project → set it to the Project URL/);
+    expect(formatCheck(find(results, 'AMOCRM_REDIRECT_URI')!)).toMatch(/^❌ AMOCRM_REDIRECT_URI: your-site\.netlify\.app is the example from \.env\.example, not your site → /);
+    expect(find(results, 'Supabase')).toBeUndefined();
+    expect(find(results, 'OAuth')).toBeUndefined();
+    expect(exitCodeOf(results)).toBe(1);
+  });
+});
+
+describe('npm run doctor on a first run: no .env, or .env.example copied as is', () => {
+  const dir = emptyDirectory();
+  afterAll(() => dir.remove());
+  /** The values a plain `cp .env.example .env` gives (commented lines stay comments). */
+  const example = parseEnv(readFileSync(join(root, '.env.example'), 'utf8'));
+
+  it('no .env: ❌ .env says cp .env.example .env or --embedded, and so does the last line; exit 1', async () => {
+    const { code, out, last } = await runCli([], {}, dir.path);
+    expect(out).toMatch(/^❌ \.env: no \.env file here, and the environment does not configure the sync → cp \.env\.example \.env and fill it in .*npm run doctor -- --embedded$/m);
+    expect(out).toMatch(/^❌ AMOCRM_REPLAY_TOKEN: missing/m);
+    expect(last).toMatch(/^❌ \d+ problem\(s\) to fix\. Start with: cp \.env\.example \.env \(or npm run doctor -- --embedded\)$/);
+    expect(code).toBe(1);
+  }, 120_000);
+
+  it('.env copied from .env.example: every example value it ships is flagged by the variable that holds it', async () => {
+    const shipped = Object.entries(example).filter(([, v]) => (v ?? '').trim() !== '');
+    // The values .env.example gives that are right for almost everyone.
+    const usable = new Set(['AMOCRM_BASE_DOMAIN']);
+    const examples = shipped.filter(([k]) => !usable.has(k)).map(([k]) => k);
+    expect(examples).toEqual(expect.arrayContaining(['SUPABASE_URL', 'AMOCRM_REDIRECT_URI']));
+    const results = await runDoctor({ env: example, requireSupabase: true });
+    for (const variable of examples) {
+      expect(find(results, variable), `${variable}=${example[variable]}`).toMatchObject({ status: expect.stringMatching(/^(fail|warn)$/) });
+      expect(find(results, variable)!.detail).toContain('.env.example');
+    }
+
+    copyFileSync(join(root, '.env.example'), join(dir.path, '.env'));
+    const { code, out, last } = await runCli([], {}, dir.path);
+    expect(out).toMatch(/^❌ SUPABASE_URL: your-project\.supabase\.co is the example from \.env\.example/m);
+    expect(out).toMatch(/^❌ AMOCRM_REDIRECT_URI: your-site\.netlify\.app is the example from \.env\.example/m);
+    expect(out).toMatch(/^⚠️ AMOCRM_SUBDOMAIN: onaiacademy is the example from \.env\.example and amoCRM has not confirmed it/m);
+    expect(out).not.toMatch(/^❌ \.env:/m);
+    expect(last).toMatch(/^❌ \d+ problem\(s\) to fix\.$/);
+    expect(code).toBe(1);
+  }, 120_000);
+
+  it('bad flags: usage, then one ❌ line naming the flag, exit 2', async () => {
+    const [unknown, noValue, extra] = await Promise.all([
+      runCli(['--bogus'], {}, dir.path), runCli(['--database-url'], {}, dir.path), runCli(['check'], {}, dir.path),
+    ]);
+    expect(unknown.stderrLast).toBe("❌ Unknown option '--bogus' → see the usage above");
+    expect(noValue.stderrLast).toBe("❌ Option '--database-url <value>' argument missing → see the usage above");
+    expect(extra.stderrLast).toBe('❌ unexpected argument(s): check → see the usage above');
+    for (const run of [unknown, noValue, extra]) {
+      expect(run.out).toContain('Usage: npm run doctor');
+      expect(run.code).toBe(2);
+    }
+  }, 120_000);
+
+  describe('a database that does not answer', () => {
+    // Accepts and drops every connection: "reachable port, no PostgreSQL", held by the test.
+    let server: Server;
+    beforeAll(async () => {
+      server = createServer((socket) => socket.destroy());
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    });
+    afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+
+    it('--database-url: ❌ database names the server, the other checks still run, last line counts the problems; exit 1', async () => {
+      const port = (server.address() as { port: number }).port;
+      const { code, out, last } = await runCli(['--database-url', `postgres://postgres:pw@127.0.0.1:${port}/nowhere`], {}, dir.path);
+      expect(out).toMatch(new RegExp(`^❌ database: cannot reach PostgreSQL 127\\.0\\.0\\.1:${port}/nowhere: .+ → check the database URL`, 'm'));
+      expect(out).toMatch(/^❌ AMOCRM_PIPELINE_ID: missing/m);
+      expect(last).toMatch(/^❌ \d+ problem\(s\) to fix\.$/);
+      expect(code).toBe(1);
+    }, 120_000);
+  });
 });
 
 describe(`amocrm_doctor_facts on a bare database (${usingPostgres ? 'PostgreSQL' : 'PGlite'})`, () => {
