@@ -1,23 +1,13 @@
 // npm run bench [-- --burst 1000 --latency 100,300 --only write,calls,latency,burst,tokens,cold]
 // Prints a table of figures, all measured in this run, on embedded PGlite — or on the
-// PostgreSQL server in DATABASE_URL. amoCRM is the local stand-in: it enforces 7 req/s
-// and answers after a random delay (100–300 ms by default). Not a test: nothing here
-// passes or fails, it measures.
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir, cpus, totalmem } from 'node:os';
-import { join } from 'node:path';
+// PostgreSQL server in DATABASE_URL. amoCRM is the local stand-in: it enforces 7 req/s,
+// blocks the account (403) after repeated 429s as amoCRM does, and answers after a random
+// delay (100–300 ms by default). Not a test: nothing here passes or fails, it measures.
+import { writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
 import { parseArgs } from 'node:util';
-import { build } from 'esbuild';
-import { startAmoStandin, type AmoStandin } from '../dev/amocrm-standin/index.ts';
-import { createPostgresDatabase, openPglite } from '../dev/database.ts';
-import { startPgNetWorker, type SqlRunner } from '../dev/pgnet-worker.ts';
-import { startFunctionServer } from '../dev/server.ts';
-import { loadConfig } from '../lib/config.ts';
-import type { Db } from '../lib/db/port.ts';
-import { pgliteDb, pgPoolDb, poolForRpc } from '../lib/db/sql-adapters.ts';
+import { createSyncStack, openStackDatabase, type Stack, type Student } from '../dev/stack/index.ts';
 import { createLogger } from '../lib/log.ts';
-import { buildRuntime, installRuntime, type Runtime } from '../lib/runtime.ts';
 import { deliverEvent } from '../lib/sync/process-event.ts';
 import { runSweep } from '../lib/sync/sweep.ts';
 
@@ -50,99 +40,62 @@ const pct = (xs: number[], p: number) => {
 const median = (xs: number[]) => pct(xs, 50);
 
 // ---------------------------------------------------------------------------------
-// A database (PGlite or PostgreSQL) with the migrations, as superuser SQL + the Db port.
+// The sync under measurement: the one stack builder (dev/stack/), on PGlite or on the
+// PostgreSQL server in DATABASE_URL, with a stand-in at amoCRM's 7 req/s that blocks the
+// account after repeated 429s, as amoCRM does.
 // ---------------------------------------------------------------------------------
-interface BenchDb { sql: SqlRunner; db: Db; newDb(n: number): Promise<Db>; close(): Promise<void> }
-
-async function openDb(): Promise<BenchDb> {
-  if (databaseUrl) {
-    const created = await createPostgresDatabase(databaseUrl, { pgNet: true });
-    const pools = [await poolForRpc(created.url, 12)];
-    return {
-      sql: async (text, params) => (await created.admin.query(text, params as unknown[])).rows,
-      db: pgPoolDb(pools[0]!),
-      newDb: async (n) => { const p = await poolForRpc(created.url, n); pools.push(p); return pgPoolDb(p); },
-      close: async () => {
-        for (const p of [...pools, created.admin]) p.on('error', () => undefined);
-        await Promise.all(pools.map((p) => p.end()));
-        await created.drop();
-      },
-    };
-  }
-  const pg = await openPglite({ pgNet: true });
-  return {
-    sql: async (text, params) => (await pg.query<any>(text, params as unknown[])).rows,
-    db: pgliteDb(pg),
-    newDb: async () => pgliteDb(pg),
-    close: () => pg.close(),
-  };
-}
-
-const PIPELINE = 9_100_001;
-const STAGES = { incoming: 9101, l1: 9111, l2: 9112, l3: 9113, paid: 9120 };
-
-interface Sync { bdb: BenchDb; amo: AmoStandin; rt: Runtime; env: Record<string, string>; close(): Promise<void> }
-
-async function openSync(latencyMs: [number, number]): Promise<Sync> {
-  const bdb = await openDb();
-  const amo = await startAmoStandin({ latencyMs, ratePerSecond: 7 });
-  amo.addPipeline({ id: PIPELINE, name: 'Tripwire', statuses: [
-    { id: STAGES.incoming, name: 'Новая заявка', sort: 10 }, { id: STAGES.l1, name: 'Урок 1', sort: 20 },
-    { id: STAGES.l2, name: 'Урок 2', sort: 30 }, { id: STAGES.l3, name: 'Урок 3', sort: 40 }, { id: STAGES.paid, name: 'Оплата', sort: 50 }] });
-  const env = {
-    AMOCRM_BASE_URL: amo.url, AMOCRM_CLIENT_ID: 'standin-client-id', AMOCRM_CLIENT_SECRET: 'standin-client-secret',
-    AMOCRM_REDIRECT_URI: 'https://example.test/oauth', AMOCRM_PIPELINE_ID: String(PIPELINE),
-    AMOCRM_STAGE_LESSON_1: String(STAGES.l1), AMOCRM_STAGE_LESSON_2: String(STAGES.l2), AMOCRM_STAGE_LESSON_3: String(STAGES.l3),
-    AMOCRM_WEBHOOK_SECRET: 'bench-webhook-secret-0123456789', AMOCRM_REPLAY_TOKEN: 'bench-replay-token-0123456789',
-  };
-  const rt = buildRuntime(loadConfig(env), bdb.db, { log: createLogger(() => undefined) });
-  const pair = amo.issueTokens();
-  await bdb.db.rpc('amocrm_store_tokens', { p_kind: 'oauth', p_access_token: pair.access_token, p_refresh_token: pair.refresh_token, p_expires_at: new Date(Date.now() + 86_400_000) });
-  return { bdb, amo, rt, env, close: async () => { await amo.close(); await bdb.close(); } };
-}
+const openSync = (latencyMs: [number, number]) =>
+  createSyncStack({ databaseUrl, connections: 12, standin: { latencyMs, ratePerSecond: 7 }, log: createLogger(() => undefined) });
 
 let studentSeq = 0;
-async function addStudents(s: Sync, n: number, opts: { cachedAt?: number } = {}): Promise<{ userId: string; leadId: number }[]> {
-  const base = ++studentSeq * 100_000;
-  const users = await s.bdb.sql(
-    `insert into auth.users (email) select 'bench' || $1::int || '_' || g || '@student.kz' from generate_series(1, $2::int) g returning id, email`, [base, n]);
-  return users.map((u, i) => {
-    const leadId = 70_000_000 + base + i;
-    s.amo.addLead({ id: leadId, name: u.email, pipelineId: PIPELINE, statusId: opts.cachedAt ?? STAGES.incoming, updatedAt: 1_700_000_000 });
-    s.amo.addContact({ id: 60_000_000 + base + i, name: `Студент ${i}`, emails: [u.email], leadIds: [leadId] });
-    return { userId: u.id as string, leadId };
-  });
+function addStudents(s: Stack, n: number, opts: { leadStatusId?: number } = {}): Promise<Student[]> {
+  const batch = ++studentSeq;
+  return s.addStudents(Array.from({ length: n }, (_, i) => `bench${batch}_${i + 1}@student.kz`), opts);
 }
 
 /** Students whose lesson 67 is already done and whose deal is remembered. */
-async function addKnownStudents(s: Sync, n: number) {
-  const students = await addStudents(s, n, { cachedAt: STAGES.l1 });
-  await s.bdb.sql(`insert into amocrm.student_leads (user_id, lead_id) select u, l from unnest($1::uuid[], $2::bigint[]) as t(u, l)`,
+async function addKnownStudents(s: Stack, n: number) {
+  const students = await addStudents(s, n, { leadStatusId: s.layout.stages.lesson1 });
+  await s.database.sql(`insert into amocrm.student_leads (user_id, lead_id) select u, l from unnest($1::uuid[], $2::bigint[]) as t(u, l)`,
     [students.map((x) => x.userId), students.map((x) => x.leadId)]);
   return students;
 }
+
+const expireStoredToken = (s: Stack) => s.database.sql(
+  `update amocrm.system_settings set value = jsonb_set(value, '{expires_at}', to_jsonb((now() - interval '1 minute')::text)) where key = 'amocrm_tokens'`);
+const blockedRow = (s: Stack) =>
+  row('account blocked by amoCRM (403 after repeated 429s)', s.amo.requests.some((r) => r.status === 403) ? 'YES' : 'no', 'no');
 
 // ---------------------------------------------------------------------------------
 // 1. Student write cost
 // ---------------------------------------------------------------------------------
 async function benchWriteCost() {
   console.log(`\n[1] Student write cost (${dbLabel}), single-row INSERTs in autocommit`);
-  const bdb = await openDb();
+  const bdb = await openStackDatabase({ serverUrl: databaseUrl, pgNet: true });
   const n = Number(args.rows);
   try {
-    await bdb.sql(`create table public.lesson_progress_plain (like public.lesson_progress including defaults)`);
+    // The baseline is lesson_progress without the trigger, and nothing else missing: the same
+    // columns, defaults, primary key, indexes and checks (INCLUDING ALL), and the same foreign
+    // keys (which LIKE never copies), so each INSERT pays the same lookups on both sides.
+    await bdb.sql(`create table public.lesson_progress_plain (like public.lesson_progress including all)`);
+    await bdb.sql(`do $$ declare c record; begin
+        for c in select conname, pg_get_constraintdef(oid) as def from pg_constraint
+                 where conrelid = 'public.lesson_progress'::regclass and contype = 'f' loop
+          execute format('alter table public.lesson_progress_plain add constraint %I %s', c.conname || '_plain', c.def);
+        end loop;
+      end $$`);
+    const [shape] = await bdb.sql(`select
+        (select count(*) from pg_constraint where conrelid = 'public.lesson_progress'::regclass and contype = 'f')::int as fk,
+        (select count(*) from pg_constraint where conrelid = 'public.lesson_progress_plain'::regclass and contype = 'f')::int as fk_plain,
+        (select count(*) from pg_index where indrelid = 'public.lesson_progress'::regclass)::int as idx,
+        (select count(*) from pg_index where indrelid = 'public.lesson_progress_plain'::regclass)::int as idx_plain,
+        (select count(*) from pg_trigger where tgrelid = 'public.lesson_progress_plain'::regclass and not tgisinternal)::int as trig_plain`);
+    if (shape!.fk !== shape!.fk_plain || shape!.idx !== shape!.idx_plain || shape!.trig_plain !== 0) {
+      throw new Error(`baseline table differs from lesson_progress: ${JSON.stringify(shape)}`);
+    }
     await bdb.sql(`insert into amocrm.system_settings (key, value) values ('webhook_url', to_jsonb('http://127.0.0.1:9/'::text)), ('webhook_secret', to_jsonb('whsec_YmVuY2gtc2VjcmV0LWJlbmNoLXNlY3JldA=='::text))`);
     const users = (await bdb.sql(`insert into auth.users (email) select 'w' || g || '@s.kz' from generate_series(1, $1::int) g returning id`, [Math.ceil(n / 3)])).map((r) => r.id);
     const lessonsTrip = [67, 68, 69];
-    async function timeInserts(table: string, lessonOf: (i: number) => number): Promise<number[]> {
-      const times: number[] = [];
-      for (let i = 0; i < n; i++) {
-        const t = performance.now();
-        await bdb.sql(`insert into public.${table} (user_id, lesson_id) values ($1, $2)`, [users[Math.floor(i / 3) % users.length], lessonOf(i)]);
-        times.push(performance.now() - t);
-      }
-      return times;
-    }
     // Interleaved row by row (A, B, A, B, …) so drift — fsync, cache, autovacuum — hits
     // both sides alike; medians, because commit times on a real disk have long tails.
     async function pair(lessonOf: (i: number) => number): Promise<{ plain: number[]; trig: number[] }> {
@@ -164,6 +117,7 @@ async function benchWriteCost() {
     const other = await pair(() => 70);
     const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
     const fmt = (xs: number[]) => `${median(xs).toFixed(3)} / ${mean(xs).toFixed(3)} ms`;
+    row('baseline table', `lesson_progress without its trigger: same ${shape!.idx} index(es) incl. primary key, same ${shape!.fk} foreign keys`);
     row('INSERT without trigger (median / mean)', fmt(trip.plain));
     row('INSERT, Tripwire lesson: event recorded + signed webhook queued (median / mean)', fmt(trip.trig));
     row('INSERT, other lesson (median / mean)', fmt(other.trig));
@@ -183,11 +137,10 @@ async function benchCallsPerEvent() {
   const s = await openSync([0, 0]);
   try {
     const deliver = async (userId: string, lesson: number) => {
-      await s.bdb.sql('insert into public.lesson_progress (user_id, lesson_id) values ($1, $2)', [userId, lesson]);
-      const [e] = await s.bdb.sql('select id from amocrm.sync_events where user_id = $1 and lesson_id = $2', [userId, lesson]);
+      const id = await s.complete(userId, lesson);
       s.amo.resetCounts();
-      const inv = s.rt.invocation(10_000);
-      await deliverEvent(inv.sync, Number(e!.id), inv.holder);
+      const inv = s.runtime.invocation(10_000);
+      await deliverEvent(inv.sync, id, inv.holder);
       return s.amo.counts().total;
     };
     const [a, b] = await addStudents(s, 2);
@@ -198,7 +151,7 @@ async function benchCallsPerEvent() {
     row('first event of a student (pipeline order not cached yet)', `${firstCold} calls`);
     row('first event of a student', `${firstWarm} calls`, '≤ 2');
     row('later event of the same student (lesson 68, 69)', `${later}, ${last} calls`, '1');
-    await s.bdb.sql(`update amocrm.system_settings set value = jsonb_set(value, '{expires_at}', to_jsonb((now() - interval '1 minute')::text)) where key = 'amocrm_tokens'`);
+    await expireStoredToken(s);
     const [c] = await addStudents(s, 1);
     const withRefresh = await deliver(c!.userId, 67);
     row('first event when the access token has expired', `${withRefresh} calls (1 refresh)`);
@@ -208,25 +161,10 @@ async function benchCallsPerEvent() {
 }
 
 // ---------------------------------------------------------------------------------
-// Full path helpers: trigger → pg_net worker → function server → stand-in.
+// Full path: trigger → pg_net worker → function server → stand-in (Stack.serve).
 // ---------------------------------------------------------------------------------
-async function fullPath(s: Sync) {
-  installRuntime(s.rt);
-  const server = await startFunctionServer(0);
-  await s.bdb.sql(`insert into amocrm.system_settings (key, value) values ('webhook_url', to_jsonb($1::text)), ('webhook_secret', to_jsonb($2::text)) on conflict (key) do update set value = excluded.value`,
-    [`${server.url}/api/amocrm/lesson-completed`, s.env.AMOCRM_WEBHOOK_SECRET]);
-  const worker = startPgNetWorker(s.bdb.sql, 5);
-  return {
-    async close() {
-      await worker.stop();
-      server.server.closeAllConnections?.();
-      await new Promise<void>((r) => server.server.close(() => r()));
-    },
-  };
-}
-
 /** Resolves when the lead reaches `statusId`; polls the stand-in's state every 5 ms. */
-function watchLeads(s: Sync) {
+function watchLeads(s: Stack) {
   const waiting = new Map<number, { status: number; resolve: (t: number) => void }>();
   const timer = setInterval(() => {
     for (const [id, w] of waiting) {
@@ -247,20 +185,21 @@ async function benchLatency() {
   const total = Number(args.events);
   console.log(`\n[3] Latency: INSERT commit → deal in the new stage, ${total} events at 2/s, amoCRM latency ${latency.join('–')} ms`);
   const s = await openSync(latency);
-  const path = await fullPath(s);
+  await s.serve({ pollMs: 5 });
   const watch = watchLeads(s);
   try {
     // Half the events are students' first lesson, half a later lesson of a known student.
     const fresh = await addStudents(s, total / 2);
     const known = await addKnownStudents(s, total / 2);
-    const plan = fresh.flatMap((st, i) => [{ st, lesson: 67, stage: STAGES.l1 }, { st: known[i]!, lesson: 68, stage: STAGES.l2 }]);
+    const { lesson1, lesson2 } = s.layout.stages;
+    const plan = fresh.flatMap((st, i) => [{ st, lesson: 67, stage: lesson1 }, { st: known[i]!, lesson: 68, stage: lesson2 }]);
     const latencies: Promise<number>[] = [];
     const started = performance.now();
     for (let i = 0; i < plan.length; i++) {
       const { st, lesson, stage } = plan[i]!;
       await sleep(Math.max(0, started + i * 500 - performance.now()));
       const seen = watch.until(st.leadId, stage);
-      await s.bdb.sql('insert into public.lesson_progress (user_id, lesson_id) values ($1, $2)', [st.userId, lesson]);
+      await s.database.sql('insert into public.lesson_progress (user_id, lesson_id) values ($1, $2)', [st.userId, lesson]);
       const committed = performance.now();
       latencies.push(seen.then((t) => t - committed));
     }
@@ -270,9 +209,9 @@ async function benchLatency() {
     row('latency p95', `${pct(all, 95).toFixed(0)} ms`);
     row('latency max', `${Math.max(...all).toFixed(0)} ms`);
     row('429s from amoCRM during the latency run', `${s.amo.counts().tooMany}`, '0');
+    blockedRow(s);
   } finally {
     watch.stop();
-    await path.close();
     await s.close();
   }
 }
@@ -284,7 +223,8 @@ async function benchBurst() {
   const n = Number(args.burst);
   console.log(`\n[4] Burst: ${n} completions of lesson 68 committed at once (a webinar ending), amoCRM latency ${latency.join('–')} ms`);
   const s = await openSync(latency);
-  const path = await fullPath(s);
+  await s.serve({ pollMs: 5 });
+  const lesson2 = s.layout.stages.lesson2;
   try {
     const students = await addKnownStudents(s, n);
     s.amo.resetCounts();
@@ -292,7 +232,7 @@ async function benchBurst() {
     // Committed within a few seconds: batches of 50 rows, each its own transaction.
     for (let i = 0; i < n; i += 50) {
       const chunk = students.slice(i, i + 50);
-      await s.bdb.sql('insert into public.lesson_progress (user_id, lesson_id) select u, 68 from unnest($1::uuid[]) u', [chunk.map((x) => x.userId)]);
+      await s.database.sql('insert into public.lesson_progress (user_id, lesson_id) select u, 68 from unnest($1::uuid[]) u', [chunk.map((x) => x.userId)]);
     }
     const committedMs = performance.now() - t0;
     // The webhooks arrive (pg_net sends them all at once); what they cannot fit under the
@@ -302,25 +242,25 @@ async function benchBurst() {
     let sweeps = 0;
     const deadline = performance.now() + 240_000;
     while (performance.now() < deadline) {
-      const moved = students.filter((x) => s.amo.lead(x.leadId)!.statusId === STAGES.l2).length;
+      const moved = students.filter((x) => s.amo.lead(x.leadId)!.statusId === lesson2).length;
       if (moved === n) break;
-      await s.bdb.sql(`update amocrm.sync_events set next_attempt_at = now() where status in ('pending', 'failed') and retryable is not false`);
-      await runSweep(s.rt, { budgetMs: 22_000 });
+      await s.database.sql(`update amocrm.sync_events set next_attempt_at = now() where status in ('pending', 'failed') and retryable is not false`);
+      await runSweep(s.runtime, { budgetMs: 22_000 });
       sweeps++;
     }
     const elapsed = (performance.now() - t0) / 1000;
-    const moved = students.filter((x) => s.amo.lead(x.leadId)!.statusId === STAGES.l2).length;
+    const moved = students.filter((x) => s.amo.lead(x.leadId)!.statusId === lesson2).length;
     const counts = s.amo.counts();
-    const statuses = await s.bdb.sql(`select status, count(*)::int as n from amocrm.sync_events where lesson_id = 68 group by status order by status`);
+    const statuses = await s.database.sql(`select status, count(*)::int as n from amocrm.sync_events where lesson_id = 68 group by status order by status`);
     const callsPerEvent = counts.total / Math.max(1, moved);
     row('committed', `${n} INSERTs in ${(committedMs / 1000).toFixed(1)} s`);
     row('time until all moved', moved === n ? `${elapsed.toFixed(1)} s (${sweeps} sweep runs back to back)` : `not all: ${moved}/${n} after ${elapsed.toFixed(0)} s`);
     row('429s received', String(counts.tooMany), '0');
+    blockedRow(s);
     row('events lost', `${n - statuses.reduce((a, r) => a + r.n, 0)} (statuses: ${statuses.map((r) => `${r.status}=${r.n}`).join(', ')})`, '0');
     row('amoCRM requests / PATCH calls', `${counts.total} / ${counts.patches} (${callsPerEvent.toFixed(2)} requests per event)`);
     row('achieved rate vs ceiling', `${(moved / elapsed).toFixed(1)} events/s; ceiling at 7 req/s and ${callsPerEvent.toFixed(2)} req/event = ${(7 / callsPerEvent).toFixed(1)} events/s`);
   } finally {
-    await path.close();
     await s.close();
   }
 }
@@ -334,19 +274,17 @@ async function benchTokens() {
   try {
     const students = await addKnownStudents(s, 50);
     const ids: number[] = [];
-    for (const st of students) {
-      await s.bdb.sql('insert into public.lesson_progress (user_id, lesson_id) values ($1, 68)', [st.userId]);
-      ids.push(Number((await s.bdb.sql('select id from amocrm.sync_events where user_id = $1 and lesson_id = 68', [st.userId]))[0]!.id));
-    }
-    await s.bdb.sql(`update amocrm.system_settings set value = jsonb_set(value, '{expires_at}', to_jsonb((now() - interval '1 minute')::text)) where key = 'amocrm_tokens'`);
+    for (const st of students) ids.push(await s.complete(st.userId, 68));
+    await expireStoredToken(s);
     s.amo.resetCounts();
-    const rt = databaseUrl ? buildRuntime(loadConfig(s.env), await s.bdb.newDb(50), { log: createLogger(() => undefined) }) : s.rt;
+    const rt = databaseUrl ? s.runtimeOver(await s.database.newDb(50)) : s.runtime;
     const t0 = performance.now();
     const results = await Promise.all(ids.map((id) => { const inv = rt.invocation(60_000); return deliverEvent(inv.sync, id, inv.holder); }));
     const failed = results.filter((r) => !r.claimed || r.outcome.status !== 'done').length;
     row('refresh calls made', String(s.amo.counts().refreshes), '1');
     row('invocations failed', `${failed} of 50 (all done in ${((performance.now() - t0) / 1000).toFixed(1)} s, paced by the shared limit)`, '0');
     row('429s received', String(s.amo.counts().tooMany), '0');
+    blockedRow(s);
   } finally {
     await s.close();
   }
@@ -355,22 +293,17 @@ async function benchTokens() {
 // ---------------------------------------------------------------------------------
 // 6. Cold start
 // ---------------------------------------------------------------------------------
+// The figure comes from the functions packaged as Netlify packages them, imported on the
+// deploy's Node beside a one-dependency function packaged in the same run
+// (scripts/bench/cold-start.ts). Loaded only for this section: packaging is heavy.
 async function benchColdStart() {
-  console.log('\n[6] Cold start: each function bundled with esbuild as Netlify does, imported in a fresh Node process (median of 10)');
-  const dir = mkdtempSync(join(tmpdir(), 'amocrm-bench-'));
-  const functionsDir = join(import.meta.dirname, '..', 'functions');
-  for (const file of readdirSync(functionsDir).filter((f) => f.endsWith('.ts'))) {
-    const out = join(dir, file.replace(/\.ts$/, '.mjs'));
-    await build({
-      entryPoints: [join(functionsDir, file)], outfile: out, bundle: true, platform: 'node', format: 'esm', target: 'node22',
-      minify: false, logLevel: 'silent',
-      // CommonJS dependencies (axios, ws) call require(): give the ESM bundle one, as Netlify's bundler does.
-      banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
-    });
-    const probe = join(dir, `probe-${file}.mjs`);
-    writeFileSync(probe, `const t = performance.now(); await import(${JSON.stringify(out)}); console.log(performance.now() - t);`);
-    const times = Array.from({ length: 10 }, () => Number(execFileSync(process.execPath, [probe], { encoding: 'utf8' }).trim()));
-    row(`${file.replace(/\.ts$/, '')}: bundle / import`, `${(statSync(out).size / 1024).toFixed(0)} KB / ${median(times).toFixed(1)} ms`);
+  console.log('\n[6] Cold start: the functions as Netlify packages them, each imported in a fresh process on the deploy\'s Node, against a one-dependency function');
+  const { measureColdStart, formatColdStart, ONE_DEPENDENCY } = await import('./bench/cold-start.ts');
+  const figures = await measureColdStart({ log: (line) => console.log(`  … ${line}`) });
+  console.log(formatColdStart(figures).replace(/^/gm, '  '));
+  for (const f of figures) {
+    if (f.name === ONE_DEPENDENCY) row(`${f.name} (yardstick): cold import`, `${f.medianMs} ms median`);
+    else row(`${f.name}: cold import`, `${f.medianMs} ms median = ${f.ratio}× the one-dependency function`, '≤ 2×');
   }
 }
 
