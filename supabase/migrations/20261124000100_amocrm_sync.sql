@@ -257,7 +257,7 @@ declare
 begin
   select coalesce(array_agg(k::integer order by k::integer), '{}') into v_lessons
     from amocrm.system_settings s, jsonb_object_keys(s.value) k where s.key = 'tripwire_lessons';
-  execute 'drop trigger if exists amocrm_lesson_completed on public.lesson_progress';
+  drop trigger if exists amocrm_lesson_completed on public.lesson_progress;
   execute format('create trigger amocrm_lesson_completed after insert or update on public.lesson_progress '
                  'for each row when (new.lesson_id = any (%L::integer[])) '
                  'execute function amocrm.on_lesson_progress()', v_lessons);
@@ -380,7 +380,7 @@ language plpgsql security definer set search_path = '' as $$
 declare
   r record;
   e amocrm.sync_events;
-  v_users uuid[] := '{}';
+  v_users uuid[] := '{}'::uuid[];
   v_out jsonb := '[]'::jsonb;
 begin
   for r in
@@ -546,6 +546,11 @@ end $$;
 
 -- Stores the rotated pair (compare-and-swap on version) and releases the lease. Called
 -- the moment amoCRM answers, before the new access token is used.
+-- p_holder is deliberately not checked: the version compare-and-swap is the guard. A pair
+-- amoCRM has just issued must be stored even when the caller's lease ran out meanwhile
+-- (its refresh token is spent), provided nobody stored another pair since. The parameter
+-- stays because callers name it (RPC named arguments); plpgsql_check's "unused
+-- parameter" warning for it is allowed in tests/sql/plpgsql-check.test.ts.
 create or replace function public.amocrm_finish_refresh(
   p_holder text, p_expected_version bigint,
   p_access_token text, p_refresh_token text, p_expires_at timestamptz)

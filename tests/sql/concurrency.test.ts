@@ -8,6 +8,14 @@ import { createUser, insertEvent, uniqueEmail } from './support.ts';
 type J = Record<string, any>;
 const inAnHour = () => new Date(Date.now() + 3600_000);
 const times = <T>(n: number, f: (i: number) => Promise<T>) => Promise.all(Array.from({ length: n }, (_, i) => f(i)));
+/** Polls a condition (no fixed sleep): resolves as soon as it holds, fails after 20 s. */
+async function until(check: () => Promise<boolean>, what: string): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
 
 describe.runIf(usingPostgres)('concurrency (PostgreSQL)', () => {
   let t: TestDatabase;
@@ -179,20 +187,67 @@ describe.runIf(usingPostgres)('concurrency (PostgreSQL)', () => {
     expect(Math.min(...slotGaps), `slot gaps: ${slotGaps.join(',')}`).toBeGreaterThan(interval - 0.01);
     expect(Math.max(...slotGaps), `slot gaps: ${slotGaps.join(',')}`).toBeLessThan(interval + 0.01);
 
-    // Each wait is measured from when its caller got the answer, not from when it began
-    // to queue for the limiter row: a caller that starts wait_ms after its answer starts
-    // in its slot (slot - wait_ms is no later than the answer and at most a few ms before).
+    // A caller starts wait_ms after its answer, so it starts in its slot no earlier than
+    // the slot (slot - wait_ms is not after the answer). How long after is the machine's
+    // business, not an assertion here (see the next test for the clock it is measured from).
     const lags = results.map((r) => r.answered_at_ms - (r.slot_ms - r.wait_ms));
     expect(Math.min(...lags)).toBeGreaterThanOrEqual(-0.01);
-    expect(Math.max(...lags), `lags: ${lags.map((l) => l.toFixed(2)).join(',')}`).toBeLessThan(5);
 
-    // As the callers see it: sorted, the waits are distinct and grow by 1000/7 ms per slot,
-    // less the time between two answers (the row lock's hand-off). They can never grow by
+    // As the callers see it: sorted, the waits grow by at most 1000/7 ms per slot (less
+    // the time between two answers, the row lock's hand-off). They can never grow by
     // more: a wait measured from a stale clock would.
     const waits = results.map((r) => r.wait_ms).sort((a, b) => a - b);
-    expect(new Set(waits).size).toBe(60);
     const waitGaps = waits.slice(1).map((w, i) => w - waits[i]!);
     expect(Math.max(...waitGaps), `wait_ms gaps: ${waitGaps.join(',')}`).toBeLessThanOrEqual(Math.ceil(interval));
-    expect(Math.min(...waitGaps), `wait_ms gaps: ${waitGaps.join(',')}`).toBeGreaterThanOrEqual(100);
+  });
+
+  it('a caller that queued for the limiter row measures its wait from when it got the row', async () => {
+    // Connection A holds the row; B asks for a slot and blocks. A lets go only once B is
+    // seen waiting (and a little later, so a stale clock would be visibly stale), after
+    // setting the next free slot to T and reading its clock R. B's clock is read after A
+    // commits, so B's wait ends at T: T - wait_ms >= R (less 1 ms: wait_ms is rounded up).
+    // Had B read the clock before it queued, T - wait_ms would be before R. No timing in
+    // the assertion: a slow machine only moves R and B's answer later together.
+    await t.sql(`update amocrm.rate_limiter set next_free_at = now() - interval '10 seconds' where key = 'amocrm'`);
+    await t.sql(`
+      create or replace function public.test_hold_rate_row() returns jsonb
+      language plpgsql set search_path = '' as $$
+      declare
+        v_deadline timestamptz := clock_timestamp() + interval '20 seconds';
+        v_free timestamptz;
+      begin
+        perform 1 from amocrm.rate_limiter l where l.key = 'amocrm' for update;
+        while not exists (select 1 from pg_catalog.pg_stat_activity a
+                           where a.pid <> pg_catalog.pg_backend_pid() and a.wait_event_type = 'Lock'
+                             and a.query like '%amocrm_take_rate_slot%') loop
+          if clock_timestamp() > v_deadline then
+            raise exception 'no caller queued for the limiter row within 20 s';
+          end if;
+          perform pg_catalog.pg_sleep(0.01);
+          -- pg_stat_activity is read once per transaction unless the snapshot is dropped.
+          perform pg_catalog.pg_stat_clear_snapshot();
+        end loop;
+        perform pg_catalog.pg_sleep(0.2);
+        update amocrm.rate_limiter l set next_free_at = clock_timestamp() + interval '500 milliseconds'
+         where l.key = 'amocrm' returning l.next_free_at into v_free;
+        return jsonb_build_object('free_ms', extract(epoch from v_free) * 1000,
+                                  'released_ms', extract(epoch from clock_timestamp()) * 1000);
+      end $$`);
+    const holding = t.sql('select public.test_hold_rate_row() as r');
+    // B asks only once A holds the row (a NOWAIT lock attempt fails while it does).
+    await until(async () => {
+      try {
+        await t.sql(`select 1 from amocrm.rate_limiter where key = 'amocrm' for update nowait`);
+        return false;
+      } catch (err) {
+        if ((err as { code?: string }).code === '55P03') return true;
+        throw err;
+      }
+    }, 'connection A to hold the limiter row');
+    const answer = await rpc('amocrm_take_rate_slot', { p_per_second: 7, p_max_wait_ms: 10_000 });
+    const { r } = (await holding)[0]! as { r: { free_ms: number; released_ms: number } };
+    expect(answer.granted).toBe(true);
+    expect(r.free_ms - answer.wait_ms, `T=${r.free_ms} R=${r.released_ms} wait_ms=${answer.wait_ms}`)
+      .toBeGreaterThanOrEqual(r.released_ms - 1);
   });
 });

@@ -52,9 +52,10 @@ describe('amocrm_take_rate_slot', () => {
     const slots: Timed[] = [];
     for (let i = 0; i < 5; i += 1) slots.push(await take(5, 10_000));
     expect(slots.every((s) => s.granted)).toBe(true);
-    // The idle limiter grants the first slot at once, with no burst credit for the idle time.
+    // The idle limiter grants the first slot at once, with no burst credit for the idle
+    // time: the second waits a whole interval less the time the calls took (expectSpaced
+    // measures that time instead of assuming it is small).
     expect(slots[0]!.wait_ms).toBe(0);
-    expect(slots[1]!.wait_ms).toBeGreaterThan(150);
     expectSpaced(slots, 5);
     expect(slots[4]!.wait_ms).toBeGreaterThan(4 * 200 - (slots[4]!.receivedAt - slots[0]!.sentAt) - 1);
   });
