@@ -240,7 +240,9 @@ export class TokenManager implements TokenSource {
       try {
         const r = await store.finishRefresh(db, holder, version, pair);
         if (r.stored) return r.version!;
-        // Someone stored another pair since our lease began (our lease had expired).
+        // Someone stored another pair since our lease began (our lease had expired). Give
+        // back whatever lease we may still hold, so the next refresh need not wait it out.
+        await store.abortRefresh(db, holder).catch(() => undefined);
         log.fail('Новые токены не сохранены: цепочку уже обновил другой запуск', {
           code: 'refresh_cas_conflict', what_to_do: 'если дальше появятся 401, авторизуйте интеграцию заново: npm run amocrm -- exchange-code <код>',
         });
