@@ -1,0 +1,33 @@
+// One cold-start sample, run in a fresh process on the deploy's Node by cold-start.ts.
+// Plain JavaScript so it loads nothing but node: built-ins before the module under test.
+//   time <module>               how long `import(module)` takes
+//   own <module> <dep.mjs>...   the same, with the dependency modules imported first:
+//                               what the module's own top-level code costs
+//   modules <module>            every file loaded while importing it (import and require)
+// Prints one line: "@@probe " + JSON.
+import { registerHooks } from 'node:module';
+import { statSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const [mode, target, ...first] = process.argv.slice(2);
+const url = (path) => pathToFileURL(path).href;
+const report = (value) => process.stdout.write(`@@probe ${JSON.stringify(value)}\n`);
+
+if (mode === 'modules') {
+  const files = new Set();
+  registerHooks({
+    load(u, context, nextLoad) {
+      if (u.startsWith('file:')) files.add(fileURLToPath(u));
+      return nextLoad(u, context);
+    },
+  });
+  await import(url(target));
+  report([...files].map((file) => ({ file, bytes: statSync(file).size })));
+} else if (mode === 'time' || mode === 'own') {
+  for (const dep of first) await import(url(dep));
+  const started = performance.now();
+  await import(url(target));
+  report({ importMs: performance.now() - started, sinceProcessStartMs: performance.now() });
+} else {
+  throw new Error(`usage: import-probe.mjs time|own|modules <module> [dep.mjs...]; got ${mode}`);
+}
