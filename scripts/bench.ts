@@ -5,25 +5,34 @@
 // delay (100–300 ms by default). Not a test: nothing here passes or fails, it measures.
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
-import { parseArgs } from 'node:util';
 import { createSyncStack, openStackDatabase, type Stack, type Student } from '../dev/stack/index.ts';
 import { createLogger } from '../lib/log.ts';
 import { deliverEvent } from '../lib/sync/process-event.ts';
 import { runSweep } from '../lib/sync/sweep.ts';
+import { exitOnUsageError, parseCommandLine, runMain, UsageError } from './cli.ts';
 
-const { values: args } = parseArgs({
-  options: {
+const SECTIONS = ['write', 'calls', 'latency', 'burst', 'tokens', 'cold'];
+const USAGE = `Usage: npm run bench [-- --burst N --latency MIN,MAX --events N --rows N --only ${SECTIONS.join(',')} --json FILE]`;
+const args = exitOnUsageError(() => {
+  const { values } = parseCommandLine(process.argv.slice(2), {
     burst: { type: 'string', default: '1000' },
     latency: { type: 'string', default: '100,300' },
     events: { type: 'string', default: '200' },
     rows: { type: 'string', default: '3000' },
     only: { type: 'string' },
     json: { type: 'string' },
-  },
-});
+  });
+  for (const flag of ['burst', 'events', 'rows'] as const) {
+    if (!/^[1-9]\d*$/.test(values[flag])) throw new UsageError(`--${flag} must be a positive whole number (got "${values[flag]}")`);
+  }
+  if (!/^\d+,\d+$/.test(values.latency)) throw new UsageError(`--latency must be MIN,MAX in ms, e.g. 100,300 (got "${values.latency}")`);
+  const unknown = values.only?.split(',').filter((s) => !SECTIONS.includes(s));
+  if (unknown?.length) throw new UsageError(`--only: unknown section(s) ${unknown.join(', ')}; the sections are ${SECTIONS.join(', ')}`);
+  return values;
+}, USAGE);
 const only = args.only ? new Set(args.only.split(',')) : undefined;
 const want = (name: string) => !only || only.has(name);
-const latency = args.latency!.split(',').map(Number) as [number, number];
+const latency = args.latency.split(',').map(Number) as [number, number];
 const databaseUrl = process.env.DATABASE_URL;
 const dbLabel = databaseUrl ? 'PostgreSQL (DATABASE_URL)' : 'PGlite (PostgreSQL 17, embedded)';
 
@@ -307,18 +316,20 @@ async function benchColdStart() {
   }
 }
 
-console.log(`amocrm-lesson-sync benchmark — ${new Date().toISOString()}`);
-console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; database: ${dbLabel}`);
-const t0 = performance.now();
-if (want('write')) await benchWriteCost();
-if (want('calls')) await benchCallsPerEvent();
-if (want('latency')) await benchLatency();
-if (want('burst')) await benchBurst();
-if (want('tokens')) await benchTokens();
-if (want('cold')) await benchColdStart();
+await runMain(async () => {
+  console.log(`amocrm-lesson-sync benchmark — ${new Date().toISOString()}`);
+  console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; database: ${dbLabel}`);
+  const t0 = performance.now();
+  if (want('write')) await benchWriteCost();
+  if (want('calls')) await benchCallsPerEvent();
+  if (want('latency')) await benchLatency();
+  if (want('burst')) await benchBurst();
+  if (want('tokens')) await benchTokens();
+  if (want('cold')) await benchColdStart();
 
-console.log(`\n| figure | value | target |\n|---|---|---|`);
-for (const r of rows) console.log(`| ${r.figure} | ${r.value} | ${r.target} |`);
-console.log(`\ntotal bench time: ${((performance.now() - t0) / 1000).toFixed(0)} s`);
-if (args.json) writeFileSync(args.json, JSON.stringify(rows, null, 2));
-process.exit(0);
+  console.log(`\n| figure | value | target |\n|---|---|---|`);
+  for (const r of rows) console.log(`| ${r.figure} | ${r.value} | ${r.target} |`);
+  if (args.json) writeFileSync(args.json, JSON.stringify(rows, null, 2));
+  console.log(`\n✅ benchmark done in ${((performance.now() - t0) / 1000).toFixed(0)} s: ${rows.length} figure(s)${args.json ? `, written to ${args.json}` : ''}`);
+  return 0;
+}, USAGE);

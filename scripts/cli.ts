@@ -39,6 +39,18 @@ export function parseCommandLine<O extends Options>(argv: string[], options: O, 
 const say = (line: string) => console.log(redact(line));
 const complain = (line: string) => console.error(redact(line));
 
+/** Bad arguments found before runMain is running (a script's top-level flags): usage, ❌, exit 2. */
+export function exitOnUsageError<T>(parse: () => T, usage: string): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    complain(usage);
+    complain(`❌ ${err.message} → see the usage above`);
+    process.exit(2);
+  }
+}
+
 /**
  * Runs `main` and exits with its code. A UsageError prints the usage, then `❌ <message>`
  * (exit 2); a ConfigError one ❌ line per variable, then what to do (exit 1); anything

@@ -1,4 +1,4 @@
-// `npm run replay` and `npm start` as an operator meets them: each way they can go wrong
+// `npm run replay`, `npm run bench` and `npm start` as an operator meets them: each way they can go wrong
 // (no .env, bad flags, a busy or bad port) ends with one ❌ line that says what to do and
 // a non-zero exit, never a stack trace; `replay --embedded` runs on a fresh local stack.
 // (doctor and amocrm have theirs in doctor.test.ts and amocrm-cli.test.ts.)
@@ -55,6 +55,38 @@ describe('npm run replay', () => {
       expectCleanEnd(run, 2, 'stderr', lasts[i]!);
       expect(run.stderr).toContain('Usage: npm run replay --');
     });
+  }, 60_000);
+});
+
+describe('npm run bench', () => {
+  it('bad flags: usage, then one ❌ line naming the flag, exit 2', async () => {
+    const runs = await Promise.all([
+      runScript('scripts/bench.ts', ['--bogus']),
+      runScript('scripts/bench.ts', ['--only', 'write,fast']),
+      runScript('scripts/bench.ts', ['--latency', '100']),
+    ]);
+    const lasts = [
+      /^❌ Unknown option '--bogus' → see the usage above$/,
+      /^❌ --only: unknown section\(s\) fast; the sections are write, calls, latency, burst, tokens, cold → see the usage above$/,
+      /^❌ --latency must be MIN,MAX in ms, e\.g\. 100,300 \(got "100"\) → see the usage above$/,
+    ];
+    runs.forEach((run, i) => {
+      expectCleanEnd(run, 2, 'stderr', lasts[i]!);
+      expect(run.stderr).toContain('Usage: npm run bench');
+    });
+  }, 60_000);
+
+  it('a DATABASE_URL that does not answer: one ❌ line, exit 1', async () => {
+    // Accepts and drops every connection: held by the test, so nothing else answers there.
+    const server = createServer((socket) => socket.destroy());
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (server.address() as { port: number }).port;
+      const run = await runScript('scripts/bench.ts', ['--only', 'write'], { env: { DATABASE_URL: `postgres://postgres:pw@127.0.0.1:${port}/postgres` } });
+      expectCleanEnd(run, 1, 'stdout', /^❌ .+ \(DEBUG=1 shows the stack trace\)$/);
+    } finally {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
   }, 60_000);
 });
 
