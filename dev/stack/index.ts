@@ -5,6 +5,7 @@
 import type { Clock } from '../../lib/clock.ts';
 import { loadConfig } from '../../lib/config.ts';
 import type { Db } from '../../lib/db/port.ts';
+import { storeTokens as storeTokenPair } from '../../lib/db/tokens.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
 import { buildRuntime, installRuntime, type Runtime } from '../../lib/runtime.ts';
 import { startAmoStandin, type AmoStandin, type StandinOptions } from '../amocrm-standin/index.ts';
@@ -146,10 +147,9 @@ export async function createSyncStack(options: StackOptions = {}): Promise<Stack
 
     async storeTokens({ expired = false } = {}) {
       const pair = amo.issueTokens();
-      // TODO(lib/db): use the typed token module once lib/db/ has it (no RPC names outside lib/db/).
-      await database.db.rpc('amocrm_store_tokens', {
-        p_kind: 'oauth', p_access_token: pair.access_token, p_refresh_token: pair.refresh_token,
-        p_expires_at: new Date(Date.now() + (expired ? -60_000 : pair.expires_in * 1000)),
+      await storeTokenPair(database.db, {
+        kind: 'oauth', accessToken: pair.access_token, refreshToken: pair.refresh_token,
+        expiresAt: new Date(Date.now() + (expired ? -60_000 : pair.expires_in * 1000)),
       });
     },
 
