@@ -2,12 +2,12 @@
 // with the site's netlify.toml (dev/netlify-package.ts) beside a one-dependency function
 // (zod only) packaged the same way, then, on the deploy's Node, imports each packaged
 // module in a fresh process per sample and takes the median. For each function it also
-// says what the import pays for: every file loaded (grouped by package), the cost of each
-// external dependency imported alone, and the cost of the function's own bundled code
-// once its dependencies are loaded.
+// says what the import pays for: every file loaded (grouped by package), what each external
+// dependency adds in the order the module imports them, and the function's own bundled code.
 //
 // Used by the benchmark (`measureColdStart`); `npx tsx scripts/bench/cold-start.ts` prints the table.
 import { execFile } from 'node:child_process';
+import { builtinModules } from 'node:module';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
@@ -43,11 +43,14 @@ export interface ColdStart {
   samplesMs: number[];
   /** Median of the whole fresh process: Node's own start-up plus the import. */
   processMedianMs: number;
-  /** Median import of the function module when its external dependencies are already loaded: its own top-level code. */
+  /** Median import of the function module once its external dependencies are loaded: its own top-level code. */
   ownCodeMedianMs: number;
   /** medianMs / the one-dependency function's medianMs. */
   ratio: number;
-  /** The external packages the bundled module imports, each timed alone. */
+  /**
+   * The external packages the bundled module imports, in its import order, each with the
+   * median time it adds on top of the ones before it (Node built-ins it is first to load included).
+   */
   dependencies: DependencyCost[];
   /** Every file the import loads, grouped by package ('(function)' = the bundled module itself). */
   loaded: LoadedPackage[];
@@ -76,7 +79,7 @@ function externalImports(modulePath: string): string[] {
   const source = readFileSync(modulePath, 'utf8');
   const specs = [...source.matchAll(/^import\s[^;]*?\sfrom\s*["']([^"'.][^"']*)["']/gm), ...source.matchAll(/^import\s*["']([^"'.][^"']*)["']/gm)]
     .map((m) => m[1]!)
-    .filter((s) => !s.startsWith('node:') && !/^(module|url|path|fs|crypto|http|https|events|stream|util|os|net|tls|zlib|buffer)$/.test(s));
+    .filter((s) => !s.startsWith('node:') && !builtinModules.includes(s));
   return [...new Set(specs)];
 }
 
@@ -107,34 +110,32 @@ export async function measureColdStart(opts: ColdStartOptions = {}): Promise<Col
       ...(await packageFunctions({ outDir: join(outDir, 'yardstick'), srcDir: join(srcRoot, 'functions'), site })),
     ];
 
-    // One tiny module per external dependency, inside the package so it resolves as the
-    // function does; each dependency is timed once (its files are the same in every package).
+    // One tiny module per external dependency, inside the package so it resolves as the function does.
     const deps = new Map<string, { spec: string; path: string }[]>();
-    const depProbes = new Map<string, { dir: string; path: string }>();
     for (const fn of packages) {
       deps.set(fn.name, externalImports(fn.module).map((spec, i) => {
         const path = join(dirname(fn.module), `__cold_start_dep_${i}.mjs`);
         writeFileSync(path, `import ${JSON.stringify(spec)};\n`);
-        if (!depProbes.has(spec)) depProbes.set(spec, { dir: fn.dir, path });
         return { spec, path };
       }));
     }
 
-    // Round-robin: sample i of every measurement runs before sample i+1 of any, so a
-    // burst of load on the machine spreads over all of them instead of one function.
+    // Round-robin: sample i of every function runs before sample i+1 of any, so a burst of
+    // load on the machine spreads over all of them instead of landing on one.
     const times = new Map<string, number[]>(packages.map((fn) => [fn.name, []]));
     const walls = new Map<string, number[]>(packages.map((fn) => [fn.name, []]));
     const own = new Map<string, number[]>(packages.map((fn) => [fn.name, []]));
-    const depTimes = new Map<string, number[]>([...depProbes.keys()].map((spec) => [spec, []]));
+    const steps = new Map<string, number[][]>(packages.map((fn) => [fn.name, deps.get(fn.name)!.map(() => [])]));
     for (let i = 0; i < samples; i++) {
       log(`sample ${i + 1}/${samples} on Node ${site.nodeVersion}…`);
       for (const fn of packages) {
         const { value, wallMs } = await probe(node, fn.dir, ['time', fn.module]);
         times.get(fn.name)!.push(value.importMs);
         walls.get(fn.name)!.push(wallMs);
-        own.get(fn.name)!.push((await probe(node, fn.dir, ['own', fn.module, ...deps.get(fn.name)!.map((d) => d.path)])).value.importMs);
+        const stepped = (await probe(node, fn.dir, ['steps', fn.module, ...deps.get(fn.name)!.map((d) => d.path)])).value;
+        own.get(fn.name)!.push(stepped.ownMs);
+        stepped.stepsMs.forEach((ms: number, d: number) => steps.get(fn.name)![d]!.push(ms));
       }
-      for (const [spec, { dir, path }] of depProbes) depTimes.get(spec)!.push((await probe(node, dir, ['time', path])).value.importMs);
     }
 
     const figures: Omit<ColdStart, 'ratio'>[] = [];
@@ -154,7 +155,7 @@ export async function measureColdStart(opts: ColdStartOptions = {}): Promise<Col
         samplesMs: times.get(fn.name)!.map(round),
         processMedianMs: round(median(walls.get(fn.name)!)),
         ownCodeMedianMs: round(median(own.get(fn.name)!)),
-        dependencies: deps.get(fn.name)!.map(({ spec }) => ({ specifier: spec, medianMs: round(median(depTimes.get(spec)!)) })),
+        dependencies: deps.get(fn.name)!.map(({ spec }, d) => ({ specifier: spec, medianMs: round(median(steps.get(fn.name)![d]!)) })),
         loaded: [...byPackage].map(([pkg, v]) => ({ package: pkg, files: v.files, kB: round(v.bytes / 1024) })).sort((a, b) => b.kB - a.kB),
         loadedFiles: files.length,
         loadedKB: round(files.reduce((sum, f) => sum + f.bytes, 0) / 1024),
@@ -174,7 +175,7 @@ export function formatColdStart(figures: ColdStart[]): string {
   const lines: string[] = [];
   for (const f of figures) {
     lines.push(`${f.name}: import ${f.medianMs} ms median (${f.ratio}× ${ONE_DEPENDENCY}), process ${f.processMedianMs} ms, own code ${f.ownCodeMedianMs} ms; loads ${f.loadedFiles} files, ${f.loadedKB} kB`);
-    if (f.dependencies.length) lines.push(`  dependencies alone: ${f.dependencies.map((d) => `${d.specifier} ${d.medianMs} ms`).join(', ')}`);
+    if (f.dependencies.length) lines.push(`  import order, each on top of the previous: ${f.dependencies.map((d) => `${d.specifier} +${d.medianMs} ms`).join(', ')}, own code +${f.ownCodeMedianMs} ms`);
     const top = f.loaded.slice(0, 10);
     const rest = f.loaded.slice(10);
     const restKB = round(rest.reduce((sum, p) => sum + p.kB, 0));

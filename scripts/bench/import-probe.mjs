@@ -1,8 +1,9 @@
 // One cold-start sample, run in a fresh process on the deploy's Node by cold-start.ts.
 // Plain JavaScript so it loads nothing but node: built-ins before the module under test.
 //   time <module>               how long `import(module)` takes
-//   own <module> <dep.mjs>...   the same, with the dependency modules imported first:
-//                               what the module's own top-level code costs
+//   steps <module> <dep.mjs>... imports each dependency module in turn, then the module:
+//                               what each dependency adds on top of the ones before it
+//                               (Node built-ins included), and the module's own code
 //   modules <module>            every file loaded while importing it (import and require)
 // Prints one line: "@@probe " + JSON.
 import { registerHooks } from 'node:module';
@@ -23,11 +24,20 @@ if (mode === 'modules') {
   });
   await import(url(target));
   report([...files].map((file) => ({ file, bytes: statSync(file).size })));
-} else if (mode === 'time' || mode === 'own') {
-  for (const dep of first) await import(url(dep));
+} else if (mode === 'time') {
   const started = performance.now();
   await import(url(target));
   report({ importMs: performance.now() - started, sinceProcessStartMs: performance.now() });
+} else if (mode === 'steps') {
+  const stepsMs = [];
+  for (const dep of first) {
+    const started = performance.now();
+    await import(url(dep));
+    stepsMs.push(performance.now() - started);
+  }
+  const started = performance.now();
+  await import(url(target));
+  report({ stepsMs, ownMs: performance.now() - started });
 } else {
-  throw new Error(`usage: import-probe.mjs time|own|modules <module> [dep.mjs...]; got ${mode}`);
+  throw new Error(`usage: import-probe.mjs time|steps|modules <module> [dep.mjs...]; got ${mode}`);
 }
