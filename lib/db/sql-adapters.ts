@@ -47,6 +47,7 @@ export async function poolForRpc(connectionString: string, max = 10, role: strin
 
 function asDbError(fn: string, err: unknown): DbError {
   if (err instanceof DbError) return err;
+  // A refused connection comes as an AggregateError with an empty message: name its code.
   const e = err as { message?: string; code?: string };
-  return new DbError(fn, e?.message ?? String(err), e?.code);
+  return new DbError(fn, e?.message || e?.code || String(err) || 'connection failed', e?.code);
 }
