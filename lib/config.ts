@@ -6,7 +6,13 @@ const AMOCRM_DOMAINS = ['amocrm.ru', 'amocrm.com', 'kommo.com'] as const;
 /** Stage ids that appear in the academy's docs as examples, never real ones. */
 export const PLACEHOLDER_STAGE_IDS = [12345678, 23456789, 34567890];
 
-const id = z.coerce.number().int().positive().max(2 ** 53);
+// An amoCRM id from a string variable. Not z.coerce: it turns a missing variable into NaN
+// and reports "expected number, received NaN" instead of saying it is required.
+const id = z.preprocess(
+  (v) => (typeof v === 'string' && /^\s*\d+\s*$/.test(v) ? Number(v) : v),
+  z.number({ error: (iss) => (iss.input === undefined ? 'is required: an amoCRM id (see npm run amocrm -- pipelines)' : 'must be a positive integer id') })
+    .int().positive().max(2 ** 53),
+);
 const optionalText = z.string().trim().min(1).optional();
 
 export const envSchema = z
@@ -32,7 +38,7 @@ export const envSchema = z
     AMOCRM_STAGE_LESSON_2: id,
     AMOCRM_STAGE_LESSON_3: id,
 
-    AMOCRM_WEBHOOK_SECRET: z.string().min(16, 'at least 16 characters (use whsec_ + base64 of 24+ random bytes)'),
+    AMOCRM_WEBHOOK_SECRET: z.string({ error: 'is required: the secret the database signs webhooks with (the same value as the webhook_secret setting)' }).min(16, 'at least 16 characters (use whsec_ + base64 of 24+ random bytes)'),
     AMOCRM_REPLAY_TOKEN: z.string().min(16, 'at least 16 characters').optional(),
 
     AMOCRM_MAX_RPS: z.coerce.number().positive().max(7).default(6),

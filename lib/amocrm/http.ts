@@ -2,7 +2,7 @@
 // to amoCRM: base URL, timeouts, the shared rate limit, the bearer token, one refresh
 // and retry on 401, and the classification of failures. Resources above it only
 // describe requests.
-import axios, { type AxiosInstance } from 'axios';
+import type { AxiosInstance } from 'axios';
 import { AmoError, needsOperator, permanent, retryable } from './errors.ts';
 import type { RateLimiter } from './rate-limit.ts';
 
@@ -38,12 +38,19 @@ export interface Transport {
   send(req: AmoRequest, bearer?: string): Promise<{ status: number; data: unknown; headers: Record<string, string> }>;
 }
 
-export function axiosTransport(baseUrl: string, timeoutMs: number, instance: AxiosInstance = axios.create()): Transport {
+// axios (with form-data, proxy agents, mime-db) is the largest import of a function: it is
+// loaded on the first amoCRM request, so a status call or a sweep with nothing due never
+// pays for it.
+let defaultInstance: Promise<AxiosInstance> | undefined;
+const loadAxios = () => (defaultInstance ??= import('axios').then((m) => m.default.create()));
+
+export function axiosTransport(baseUrl: string, timeoutMs: number, instance?: AxiosInstance): Transport {
   return {
     async send(req, bearer) {
       const query = req.query?.length ? `?${new URLSearchParams(req.query.map(([k, v]) => [k, String(v)]))}` : '';
+      const client = instance ?? (await loadAxios());
       try {
-        const res = await instance.request({
+        const res = await client.request({
           baseURL: baseUrl,
           url: req.path + query,
           method: req.method,
