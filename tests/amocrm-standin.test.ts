@@ -57,9 +57,11 @@ function manualClock() {
 
 /** Lets pending I/O run (setImmediate is never faked here). */
 const ioTurn = () => new Promise<void>((r) => setImmediate(r));
+/** Waits for a condition, turning the event loop; the deadline only guards against a hang. */
 async function until(check: () => boolean, what: string) {
-  for (let i = 0; !check(); i++) {
-    if (i > 200_000) throw new Error(`never happened: ${what}`);
+  const deadline = Date.now() + 10_000;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`never happened: ${what}`);
     await ioTurn();
   }
 }
