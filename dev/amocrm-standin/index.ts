@@ -2,9 +2,10 @@
 // modes the sync has to survive: 204 with an empty body, over-matching contact search, lists
 // that page at 50 by default (250 at most), single-use refresh tokens, 7 req/s with 429 and
 // a 403 block, validation errors, and injected faults (5xx, timeouts, reset sockets,
-// "operation done but response lost"). Behaviour follows the project's amoCRM reference
-// notes (shared/reference/amocrm-api.md) and amoCRM's API v4 documentation. Used by
-// `npm start`, the integration tests and the benchmark. Only node:http, bound to 127.0.0.1.
+// "operation done but response lost"). Behaviour follows amoCRM's API v4 documentation
+// (https://www.amocrm.ru/developers/content/crm_platform/api-reference, the Kommo pages on
+// limits and HTTP codes) and what the official PHP SDK's issues report. Used by `npm start`,
+// the integration tests and the benchmark. Only node:http, bound to 127.0.0.1.
 //
 // Order per request: record it → injected fault (replaces everything; only 'after' runs the
 // normal path) → 403 when blocked → 413 → rate limit (/api/v4 and /oauth2) → auth (/api/v4)
