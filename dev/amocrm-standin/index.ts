@@ -3,7 +3,7 @@
 // that page at 50 by default (250 at most), single-use refresh tokens, 7 req/s with 429 and
 // a 403 block, validation errors, and injected faults (5xx, timeouts, reset sockets,
 // "operation done but response lost"). Behaviour follows amoCRM's API v4 documentation
-// (https://www.amocrm.ru/developers/content/crm_platform/api-reference, the Kommo pages on
+// (https://www.amocrm.ru/developers/content/crm_platform/leads-api and …/contacts-api, Kommo on
 // limits and HTTP codes) and what the official PHP SDK's issues report. Used by `npm start`,
 // the integration tests and the benchmark. Only node:http, bound to 127.0.0.1.
 //
