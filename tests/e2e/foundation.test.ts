@@ -171,3 +171,25 @@ describe('the token refresh', () => {
     expect(s.amo.counts().refreshes).toBe(1);
   });
 });
+
+describe('events parked on the account come back by themselves', () => {
+  it.each([[402, 'payment_required'], [403, 'account_blocked']])('parked on %i: stay parked while amoCRM refuses, then move once it answers', async (status, code) => {
+    const student = await s.addStudent(email(`parked${status}`));
+    s.amo.inject('GET /api/v4/contacts', { status, body: { status, title: 'refused' } });
+    const res = await handleLessonCompleted(s.webhookRequest(dbWebhookBody(student.userId, 67)), async () => s.rt);
+    const { event_id: eventId, outcome } = await res.json();
+    expect(outcome).toBe('parked');
+    expect((await s.event(eventId)).last_error_code).toBe(code);
+
+    // The scheduled run asks amoCRM first; while it still refuses, the event waits.
+    s.amo.inject('GET /api/v4/account', { status, body: { status, title: 'refused' } });
+    expect((await runBatch()).resumed).toBe(0);
+    expect((await s.event(eventId)).status).toBe('parked');
+
+    const report = await runBatch();
+    expect(report.resumed).toBe(1);
+    expect((await s.event(eventId)).status).toBe('done');
+    expect(s.amo.lead(student.leadId)!.statusId).toBe(STAGE.lesson1);
+    expect(s.log.lines.some((l) => /✅ \[AmoCRM\] amoCRM снова отвечает.*resumed=1/.test(l))).toBe(true);
+  });
+});
