@@ -42,7 +42,15 @@ export async function startFunctionServer(port: number, host = '127.0.0.1'): Pro
       const path = new URL(req.url ?? '/', origin).pathname;
       const fn = functions.find((f) => f.paths.includes(path) || path === `/.netlify/functions/${f.name}`);
       if (!fn) return write(res, Response.json({ ok: false, error: `no function at ${path}`, functions: functions.flatMap((f) => f.paths) }, { status: 404 }));
-      await write(res, await fn.handler(await toRequest(req, origin), { requestId: `local-${Date.now()}` }));
+      const request = await toRequest(req, origin);
+      if (fn.name.endsWith('-background')) {
+        // As Netlify runs background functions: the caller gets 202 at once, the work goes on.
+        await write(res, new Response(null, { status: 202 }));
+        void Promise.resolve(fn.handler(request, { requestId: `local-${Date.now()}` })).catch((err) =>
+          console.error(`[local] ${fn.name} failed: ${String((err as Error)?.message ?? err)}`));
+        return;
+      }
+      await write(res, await fn.handler(request, { requestId: `local-${Date.now()}` }));
     } catch (err) {
       res.writeHead(500, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ ok: false, error: String((err as Error).message) }));

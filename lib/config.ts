@@ -41,6 +41,11 @@ export const envSchema = z
     AMOCRM_WEBHOOK_SECRET: z.string({ error: 'is required: the secret the database signs webhooks with (the same value as the webhook_secret setting)' }).min(16, 'at least 16 characters (use whsec_ + base64 of 24+ random bytes)'),
     AMOCRM_REPLAY_TOKEN: z.string().min(16, 'at least 16 characters').optional(),
 
+    /** Where the webhook and the scheduled run wake the background drainer. Default: Netlify's URL. */
+    AMOCRM_DRAIN_URL: z.url().optional(),
+    /** Netlify sets the site's main URL in every function's environment. Not ours, so never an error. */
+    URL: z.string().optional().catch(undefined),
+
     AMOCRM_MAX_RPS: z.coerce.number().positive().max(7).default(6),
     AMOCRM_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(8),
     AMOCRM_TIMEOUT_MS: z.coerce.number().int().min(1000).max(60000).default(10000),
@@ -78,6 +83,8 @@ export interface Config {
   webhookSecret: string;
   replayToken?: string;
   maxAttempts: number;
+  /** The background drainer's address (absent: nobody is woken; the scheduled run drains). */
+  drainUrl?: string;
   supabase?: { url: string; serviceRoleKey: string };
 }
 
@@ -99,6 +106,11 @@ export function parseEnv(source: Record<string, string | undefined>): Env {
     );
   }
   return result.data;
+}
+
+function siteFunctionUrl(site: string | undefined, name: string): string | undefined {
+  if (!site || !/^https?:\/\//.test(site)) return undefined;
+  return `${site.replace(/\/+$/, '')}/.netlify/functions/${name}`;
 }
 
 export function loadConfig(source: Record<string, string | undefined> = process.env): Config {
@@ -123,6 +135,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     webhookSecret: env.AMOCRM_WEBHOOK_SECRET,
     replayToken: env.AMOCRM_REPLAY_TOKEN,
     maxAttempts: env.AMOCRM_MAX_ATTEMPTS,
+    drainUrl: env.AMOCRM_DRAIN_URL ?? siteFunctionUrl(env.URL, 'amocrm-drain-background'),
     supabase: supabaseUrl && env.SUPABASE_SERVICE_ROLE_KEY ? { url: supabaseUrl, serviceRoleKey: env.SUPABASE_SERVICE_ROLE_KEY } : undefined,
   };
 }

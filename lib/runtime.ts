@@ -8,7 +8,7 @@ import { loadConfig, type Config } from './config.ts';
 import type { Db } from './db/port.ts';
 import { axiosTransport, createAmoHttp, type Transport } from './amocrm/http.ts';
 import { createOAuthClient, type OAuthClient } from './amocrm/oauth.ts';
-import { databaseRateLimiter } from './amocrm/rate-limit.ts';
+import { databaseRateLimiter, spareCapacityLimiter } from './amocrm/rate-limit.ts';
 import { amoResources, type AmoResources } from './amocrm/resources.ts';
 import { TokenManager } from './amocrm/tokens.ts';
 import { createLogger, type Logger } from './log.ts';
@@ -20,8 +20,11 @@ export interface Runtime {
   log: Logger;
   clock: Clock;
   transport: Transport;
-  /** Everything one invocation needs; `maxWaitMs` is how long it may queue for an amoCRM slot. */
-  invocation(maxWaitMs: number): Invocation;
+  /**
+   * Everything one invocation needs; `maxWaitMs` is how long it may queue for an amoCRM
+   * slot. `lane: 'spare'` (look-ahead jobs) takes only slots lesson events leave unused.
+   */
+  invocation(maxWaitMs: number, options?: { lane?: 'lesson' | 'spare' }): Invocation;
 }
 
 export interface Invocation {
@@ -38,9 +41,11 @@ export function buildRuntime(config: Config, db: Db, parts: { transport?: Transp
   const transport = parts.transport ?? axiosTransport(config.amocrm.baseUrl, config.amocrm.timeoutMs);
   return {
     config, db, log, clock, transport,
-    invocation(maxWaitMs) {
+    invocation(maxWaitMs, { lane = 'lesson' } = {}) {
       const holder = `inv-${randomUUID().slice(0, 8)}`;
-      const limiter = databaseRateLimiter(db, clock, config.amocrm.maxRps, maxWaitMs);
+      const limiter = lane === 'spare'
+        ? spareCapacityLimiter(db, clock, config.amocrm.maxRps)
+        : databaseRateLimiter(db, clock, config.amocrm.maxRps, maxWaitMs);
       const oauth = createOAuthClient(transport, limiter, clock, config.amocrm);
       const tokens = new TokenManager({ db, oauth, clock, log, holder, seed: config.amocrm.seed });
       const amo = amoResources(createAmoHttp(transport, tokens, limiter));

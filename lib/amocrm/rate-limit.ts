@@ -10,7 +10,7 @@
 // keeps any 1 s window at amoCRM within 7 requests.
 import type { Clock } from '../clock.ts';
 import type { Db } from '../db/port.ts';
-import { reportRateLimited, takeRateSlot } from '../db/limiter.ts';
+import { reportRateLimited, takeRateSlot, takeSpareSlot } from '../db/limiter.ts';
 import { retryable } from './errors.ts';
 
 export interface RateLimiter {
@@ -81,4 +81,21 @@ function localSlotTime(clock: Clock, answeredAt: number, slot: { wait_ms: number
   const best = previous === undefined || observed < previous || observed - previous > CLOCK_STEP_MS ? observed : previous;
   offsets.set(clock, best);
   return slot.slot_ms + best;
+}
+
+/**
+ * For work that may use only capacity lesson events leave unused (look-ahead jobs): it
+ * never queues. No spare slot now: a retryable no_spare_capacity, and the work waits.
+ */
+export function spareCapacityLimiter(db: Db, clock: Clock, perSecond: number): RateLimiter {
+  return {
+    async acquire() {
+      const slot = await takeSpareSlot(db, perSecond);
+      if (!slot.granted) throw retryable('no_spare_capacity', 'amoCRM занят уроками: поиск сделки заранее отложен');
+      if (slot.wait_ms > 0) await clock.sleep(slot.wait_ms);
+    },
+    async rateLimited(retryAfterMs) {
+      await reportRateLimited(db, retryAfterMs);
+    },
+  };
 }

@@ -29,3 +29,8 @@ export function reportRateLimited(db: Db, retryAfterMs?: number) {
     p_retry_after_ms: retryAfterMs === undefined ? undefined : Math.round(retryAfterMs),
   });
 }
+
+/** A slot only if it is free now and no lesson event is due or in flight (look-ahead jobs). */
+export function takeSpareSlot(db: Db, perSecond: number): Promise<SlotAnswer> {
+  return db.rpc<SlotAnswer>('amocrm_take_spare_slot', { p_per_second: perSecond });
+}

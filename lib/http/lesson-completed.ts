@@ -1,6 +1,8 @@
 // POST /api/amocrm/lesson-completed — the doorbell pg_net rings after a student's lesson
 // completion commits (or a Database Webhook created in the Supabase dashboard).
+import { routeEvent } from '../db/drain.ts';
 import { recordEvent } from '../db/outbox.ts';
+import { wakeDrainer } from '../sync/drain.ts';
 import { deliverEvent, type DeliveryResult } from '../sync/process-event.ts';
 import { isCompleted, parseJson, parseWebhookBody, readBody } from '../webhook/payload.ts';
 import { verifyWebhook } from '../webhook/verify.ts';
@@ -8,8 +10,12 @@ import { endpoint } from './handler.ts';
 import { errorResponse, json } from './respond.ts';
 
 export const BODY_LIMIT_BYTES = 256 * 1024;
-/** How long a webhook invocation may queue for an amoCRM slot before leaving the event to the scheduled run. */
-export const WEBHOOK_MAX_SLOT_WAIT_MS = 3000;
+/**
+ * How long a webhook may queue for an amoCRM slot. Within the limiter's reservation
+ * horizon: a webhook never polls for a slot; behind a longer queue it hands the event to
+ * the drainer at once (function time is billed, and a burst has a thousand webhooks).
+ */
+export const WEBHOOK_MAX_SLOT_WAIT_MS = 1000;
 
 const STATUS_BY_OUTCOME: Record<string, number> = {
   done: 200, skipped: 200, retry: 202, deferred: 202, parked: 202, failed: 422, dead: 422,
@@ -41,8 +47,14 @@ export const handleLessonCompleted = endpoint({
       eventId = recorded.event_id!;
     }
 
+    // While a drainer works through a backlog, the event joins its queue: no slot waiting here.
+    if ((await routeEvent(rt.db, eventId)).drainerActive) {
+      return json(202, { ok: true, event_id: eventId, outcome: 'queued', reason: 'a drainer is working through a backlog: the event is in its queue' });
+    }
     const inv = rt.invocation(WEBHOOK_MAX_SLOT_WAIT_MS);
-    return deliveryResponse(eventId, await deliverEvent(inv.sync, eventId, inv.holder));
+    const result = await deliverEvent(inv.sync, eventId, inv.holder);
+    if (result.claimed && result.outcome.status === 'deferred') await wakeDrainer(rt);
+    return deliveryResponse(eventId, result);
   },
 });
 

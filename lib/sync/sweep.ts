@@ -1,21 +1,22 @@
 // The scheduled run: keeps the token chain alive, brings back what was missed, and drains
 // due events (webhook never arrived, retryable failures whose time has come, leases of
-// killed invocations) within its time budget, leaving the rest for the next run.
+// killed invocations) as the drainer while it has time, unless a drainer already holds
+// the queue. What it cannot finish it hands to the background drainer (drain.ts).
 import type { Runtime } from '../runtime.ts';
 import { AmoError } from '../amocrm/errors.ts';
 import type { AmoResources } from '../amocrm/resources.ts';
-import { claimDue, reconcile, resumeParked } from '../db/outbox.ts';
+import { reconcile, resumeParked } from '../db/outbox.ts';
 import { syncStatus } from '../db/settings.ts';
 import type { OutcomeStatus } from './deps.ts';
-import { processEvents } from './steps.ts';
+import { runDrain } from './drain.ts';
 
 export interface SweepOptions {
   /** Netlify stops a scheduled function at 30 s; stop starting work well before. */
   budgetMs?: number;
   /**
    * Events claimed per batch. Known deals cost 2 requests per batch (one read, one
-   * PATCH); a student's first event adds its own search and read, so 25 first events fit
-   * in ~9 s at 6 req/s: one batch always fits in the reserve below.
+   * PATCH); a student's first event adds its own search, so 25 first events fit in ~5 s
+   * at 6 req/s: one batch always fits in the reserve below.
    */
   batchSize?: number;
   /** Refresh the access token when it expires within this long (keeps ≥ 1 refresh a day). */
@@ -30,7 +31,9 @@ export interface SweepReport {
   resumed: number;
   claimed: number;
   outcomes: Partial<Record<OutcomeStatus, number>>;
-  stoppedBy: 'empty' | 'budget';
+  /** busy: a drainer already holds the queue. */
+  stoppedBy: 'empty' | 'budget' | 'busy' | 'lease_lost';
+  lookaheadFound: number;
   elapsedMs: number;
 }
 
@@ -40,7 +43,7 @@ export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise
   const started = clock.now();
   const left = () => budgetMs - (clock.now() - started);
   const inv = rt.invocation(Math.min(5_000, Math.max(500, budgetMs - reserveMs)));
-  const report: SweepReport = { tokenRefreshed: false, reconciled: 0, resumed: 0, claimed: 0, outcomes: {}, stoppedBy: 'empty', elapsedMs: 0 };
+  const report: SweepReport = { tokenRefreshed: false, reconciled: 0, resumed: 0, claimed: 0, outcomes: {}, stoppedBy: 'empty', lookaheadFound: 0, elapsedMs: 0 };
 
   let chainOk = true;
   try {
@@ -55,15 +58,8 @@ export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise
 
   if (chainOk) report.resumed = await resumeAccountParked(rt, inv.amo);
 
-  while (left() > reserveMs) {
-    const batch = await claimDue(db, inv.holder, batchSize);
-    if (batch.length === 0) break;
-    report.claimed += batch.length;
-    for (const outcome of await processEvents(inv.sync, batch, inv.holder)) {
-      report.outcomes[outcome.status] = (report.outcomes[outcome.status] ?? 0) + 1;
-    }
-  }
-  report.stoppedBy = left() > reserveMs ? 'empty' : 'budget';
+  const drained = await runDrain(rt, { budgetMs: left(), reserveMs, batchSize });
+  Object.assign(report, { claimed: drained.claimed, outcomes: drained.outcomes, stoppedBy: drained.stoppedBy, lookaheadFound: drained.lookaheadFound });
   report.elapsedMs = clock.now() - started;
   return report;
 }

@@ -46,7 +46,7 @@ let seq = 0;
  * `standin` options go to the stand-in; account blocking is on unless a test that provokes
  * real 429s on purpose passes `standin: { blockAfterViolations: 0 }`.
  */
-export async function createStack(options: { standin?: StandinOptions; pgNet?: boolean; env?: Record<string, string> } = {}): Promise<Stack> {
+export async function createStack(options: { standin?: StandinOptions; pgNet?: boolean; env?: Record<string, string>; lookahead?: boolean } = {}): Promise<Stack> {
   const log = memoryLogger();
   const stack = await createSyncStack({
     databaseUrl: process.env.DATABASE_URL || undefined,
@@ -56,6 +56,9 @@ export async function createStack(options: { standin?: StandinOptions; pgNet?: b
     env: { AMOCRM_WEBHOOK_SECRET: WEBHOOK_SECRET, AMOCRM_REPLAY_TOKEN: REPLAY_TOKEN, AMOCRM_TIMEOUT_MS: '2000', ...options.env },
     log,
   });
+  // Sign-up look-ahead is on in production; tests that count amoCRM requests keep it off
+  // unless they are about it, so students they add are not searched behind their back.
+  if (!options.lookahead) await stack.database.sql(`update amocrm.system_settings set value = 'false' where key = 'lookahead_enabled'`);
   return {
     t: stack.database, amo: stack.amo, rt: stack.runtime, log, env: stack.env,
     runtimeOver: stack.runtimeOver,

@@ -39,7 +39,7 @@ afterAll(() => {
 
 describe('packaged as Netlify packages them', () => {
   it('packages every function in the functions directory as a v2 function traced by nft', () => {
-    expect(sourceNames).toEqual(['amocrm-lesson-completed', 'amocrm-replay', 'amocrm-status', 'amocrm-sweep']);
+    expect(sourceNames).toEqual(['amocrm-drain-background', 'amocrm-lesson-completed', 'amocrm-replay', 'amocrm-status', 'amocrm-sweep']);
     expect([...packages.keys()].sort()).toEqual(sourceNames);
     for (const p of packages.values()) {
       expect([p.name, p.result.runtimeAPIVersion, p.result.bundler]).toEqual([p.name, 2, 'nft']);
@@ -56,12 +56,15 @@ describe('packaged as Netlify packages them', () => {
       paths: (p.result.routes ?? []).map((r) => ('literal' in r ? r.literal : r.expression)),
       methods: (p.result.routes ?? []).flatMap((r) => r.methods ?? []),
       schedule: p.result.schedule,
+      mode: p.result.invocationMode,
     }]));
     expect(routing).toEqual({
-      'amocrm-lesson-completed': { paths: ['/api/amocrm/lesson-completed'], methods: [], schedule: undefined },
-      'amocrm-replay': { paths: ['/api/amocrm/replay'], methods: [], schedule: undefined },
-      'amocrm-status': { paths: ['/api/amocrm/status'], methods: [], schedule: undefined },
-      'amocrm-sweep': { paths: [], methods: [], schedule: '*/2 * * * *' },
+      // Background (15 min, the caller gets 202 at once) by its -background suffix.
+      'amocrm-drain-background': { paths: [], methods: [], schedule: undefined, mode: 'background' },
+      'amocrm-lesson-completed': { paths: ['/api/amocrm/lesson-completed'], methods: [], schedule: undefined, mode: undefined },
+      'amocrm-replay': { paths: ['/api/amocrm/replay'], methods: [], schedule: undefined, mode: undefined },
+      'amocrm-status': { paths: ['/api/amocrm/status'], methods: [], schedule: undefined, mode: undefined },
+      'amocrm-sweep': { paths: [], methods: [], schedule: '*/2 * * * *', mode: undefined },
     });
   });
 

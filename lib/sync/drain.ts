@@ -1,0 +1,112 @@
+// The drain: one drainer at a time (a lease in the database) works through the due lesson
+// events at the shared rate until the queue is empty, then through the look-ahead jobs
+// with the capacity left. The background function runs it for up to 15 minutes; the
+// scheduled run runs it within its 30 s. A drainer that runs out of time wakes its
+// successor; one that is killed is replaced once its lease expires (whoever next sees a
+// backlog wakes one).
+import { beginDrain, endDrain, releaseDrain, renewDrain, requestDrain } from '../db/drain.ts';
+import { claimDue } from '../db/outbox.ts';
+import type { Runtime } from '../runtime.ts';
+import type { OutcomeStatus } from './deps.ts';
+import { runLookahead } from './lookahead.ts';
+import { processEvents } from './steps.ts';
+
+export interface DrainOptions {
+  /** Stop starting batches after this long (Netlify: 15 min background, 30 s scheduled). */
+  budgetMs: number;
+  /** Leave this much of the budget for the batch in hand to finish. */
+  reserveMs?: number;
+  /**
+   * Events per batch. A cold batch of 50 costs 50 searches, one read and one PATCH (52
+   * calls, about 9 s at 6/s): close to the floor, and well inside the 90 s claim lease.
+   */
+  batchSize?: number;
+  /** Also work the look-ahead jobs once no lesson event is due. */
+  lookahead?: boolean;
+}
+
+export interface DrainReport {
+  ran: boolean;
+  claimed: number;
+  outcomes: Partial<Record<OutcomeStatus, number>>;
+  lookaheadFound: number;
+  stoppedBy: 'empty' | 'budget' | 'busy' | 'lease_lost';
+  elapsedMs: number;
+}
+
+export async function runDrain(rt: Runtime, options: DrainOptions): Promise<DrainReport> {
+  const { budgetMs, reserveMs = 12_000, batchSize = 50, lookahead = true } = options;
+  const { db, clock } = rt;
+  const started = clock.now();
+  const left = () => budgetMs - (clock.now() - started);
+  const inv = rt.invocation(Math.min(10_000, Math.max(1_000, budgetMs - reserveMs)));
+  const report: DrainReport = { ran: false, claimed: 0, outcomes: {}, lookaheadFound: 0, stoppedBy: 'busy', elapsedMs: 0 };
+  if (!(await beginDrain(db, inv.holder))) return done();
+  report.ran = true;
+
+  try {
+    while (true) {
+      if (left() <= reserveMs) {
+        report.stoppedBy = 'budget';
+        break;
+      }
+      if (!(await renewDrain(db, inv.holder))) {
+        report.stoppedBy = 'lease_lost';
+        return done();
+      }
+      const batch = await claimDue(db, inv.holder, batchSize);
+      if (batch.length) {
+        report.claimed += batch.length;
+        for (const o of await processEvents(inv.sync, batch, inv.holder)) report.outcomes[o.status] = (report.outcomes[o.status] ?? 0) + 1;
+        continue;
+      }
+      if (lookahead) {
+        const jobs = await runLookahead(rt);
+        report.lookaheadFound += jobs.found;
+        // Keep going while jobs move; stop when none are due or capacity is short.
+        if (jobs.claimed && jobs.later < jobs.claimed) continue;
+      }
+      if (await endDrain(db, inv.holder, report.claimed)) {
+        report.stoppedBy = 'empty';
+        return done();
+      }
+    }
+  } catch (err) {
+    await releaseDrain(db, inv.holder).catch(() => undefined);
+    throw err;
+  }
+  // Out of time with work left: hand over to a successor.
+  const { due } = await releaseDrain(db, inv.holder);
+  if (due) await wakeDrainer(rt);
+  return done();
+
+  function done(): DrainReport {
+    report.elapsedMs = clock.now() - started;
+    return report;
+  }
+}
+
+/**
+ * Rings the background drainer if a backlog wants one and none holds the lease (at most
+ * once per 5 s, whoever asks). Never throws: an unanswered ring is repaired by the
+ * scheduled run, which drains and wakes again.
+ */
+export async function wakeDrainer(rt: Runtime): Promise<boolean> {
+  const url = rt.config.drainUrl;
+  if (!url) return false;
+  try {
+    if (!(await requestDrain(rt.db))) return false;
+    const res = await fetch(url, {
+      method: 'POST',
+      headers: { 'x-webhook-secret': rt.config.webhookSecret, 'content-type': 'application/json' },
+      body: '{}',
+      signal: AbortSignal.timeout(3_000),
+    });
+    await res.body?.cancel();
+    if (res.status >= 300) rt.log.warn('Обработчик очереди не запущен', { status: res.status, what_to_do: 'проверьте функцию amocrm-drain-background; плановый запуск разберёт очередь' });
+    return res.status < 300;
+  } catch (err) {
+    rt.log.warn('Обработчик очереди не запущен', { error: String((err as Error)?.message ?? err).slice(0, 120) });
+    return false;
+  }
+}
