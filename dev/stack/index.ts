@@ -154,8 +154,9 @@ export async function createSyncStack(options: StackOptions = {}): Promise<Stack
     },
 
     async serve({ port = 0, pollMs } = {}) {
-      installRuntime(runtime);
       const server = await startFunctionServer(port);
+      // As on Netlify, where the site's URL tells the functions where the drainer is.
+      installRuntime(buildRuntime(loadConfig({ ...env, URL: server.url }), database.db, { log, clock: options.clock }));
       await database.sql(`insert into amocrm.system_settings (key, value) values
           ('webhook_url', to_jsonb($1::text)), ('webhook_secret', to_jsonb($2::text))
         on conflict (key) do update set value = excluded.value`, [`${server.url}/api/amocrm/lesson-completed`, env.AMOCRM_WEBHOOK_SECRET]);
