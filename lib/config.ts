@@ -40,6 +40,10 @@ export const envSchema = z
 
     AMOCRM_WEBHOOK_SECRET: z.string({ error: 'is required: the secret the database signs webhooks with (the same value as the webhook_secret setting)' }).min(16, 'at least 16 characters (use whsec_ + base64 of 24+ random bytes)'),
     AMOCRM_REPLAY_TOKEN: z.string().min(16, 'at least 16 characters').optional(),
+    /** The secret in the URL amoCRM's account webhooks call; setting it turns the reverse direction on. */
+    AMOCRM_HOOK_SECRET: z.string().regex(/^[A-Za-z0-9_-]{24,128}$/, '24–128 letters, digits, _ or - (it goes in a URL): e.g. openssl rand -hex 24').optional(),
+    /** The amoCRM account id hooks must carry (optional; the subdomain is checked too). */
+    AMOCRM_ACCOUNT_ID: z.string().regex(/^\d{1,16}$/, 'the numeric amoCRM account id').transform(Number).optional(),
 
     /** Where the webhook and the scheduled run wake the background drainer. Default: Netlify's URL. */
     AMOCRM_DRAIN_URL: z.url().optional(),
@@ -83,6 +87,8 @@ export interface Config {
   webhookSecret: string;
   replayToken?: string;
   maxAttempts: number;
+  /** amoCRM's account webhooks (the reverse direction); absent secret: off. */
+  hooks: { secret?: string; subdomain?: string; accountId?: number };
   /** The background drainer's address (absent: nobody is woken; the scheduled run drains). */
   drainUrl?: string;
   supabase?: { url: string; serviceRoleKey: string };
@@ -136,6 +142,7 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     replayToken: env.AMOCRM_REPLAY_TOKEN,
     maxAttempts: env.AMOCRM_MAX_ATTEMPTS,
     drainUrl: env.AMOCRM_DRAIN_URL ?? siteFunctionUrl(env.URL, 'amocrm-drain-background'),
+    hooks: { secret: env.AMOCRM_HOOK_SECRET, subdomain: env.AMOCRM_SUBDOMAIN?.toLowerCase(), accountId: env.AMOCRM_ACCOUNT_ID },
     supabase: supabaseUrl && env.SUPABASE_SERVICE_ROLE_KEY ? { url: supabaseUrl, serviceRoleKey: env.SUPABASE_SERVICE_ROLE_KEY } : undefined,
   };
 }

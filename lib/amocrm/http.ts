@@ -9,7 +9,7 @@ import type { RateLimiter } from './rate-limit.ts';
 export type QueryParams = [string, string | number][];
 
 export interface AmoRequest {
-  method: 'GET' | 'POST' | 'PATCH';
+  method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
   path: string;
   query?: QueryParams;
   body?: unknown;

@@ -21,6 +21,25 @@ export interface Lead {
   is_deleted?: boolean;
 }
 
+/** One entry of the events feed (GET /api/v4/events), as the sync reads it. */
+export interface AmoEvent {
+  id: string | number;
+  type: string;
+  entity_id: number;
+  entity_type: string;
+  created_by?: number;
+  created_at: number;
+  value_before?: { lead_status?: { id: number; pipeline_id: number } }[];
+  value_after?: { lead_status?: { id: number; pipeline_id: number } }[];
+}
+
+export interface AmoWebhook {
+  id?: number;
+  destination: string;
+  settings: string[];
+  disabled: boolean;
+}
+
 export interface PipelineStatus {
   id: number;
   name: string;
@@ -148,6 +167,33 @@ export function amoResources(http: AmoHttp) {
     async listPipelines(): Promise<Pipeline[]> {
       const res = await http.request({ method: 'GET', path: '/api/v4/leads/pipelines' });
       return (res.data?._embedded?.pipelines ?? []).map(toPipeline);
+    },
+
+    /** One page of the events feed since `from` (unix seconds); 204 means nothing (more). */
+    async listEvents(q: { type: string; from: number; page: number; limit?: number }): Promise<{ events: AmoEvent[]; more: boolean }> {
+      const res = await http.request({
+        method: 'GET', path: '/api/v4/events',
+        query: [['filter[type]', q.type], ['filter[created_at][from]', q.from], ['limit', q.limit ?? 100], ['page', q.page]],
+      });
+      if (!res.data) return { events: [], more: false };
+      return { events: (res.data._embedded?.events ?? []) as AmoEvent[], more: Boolean(res.data._links?.next) };
+    },
+
+    /** The account's webhooks (managing them needs an admin's token). */
+    async listWebhooks(): Promise<AmoWebhook[]> {
+      const res = await http.request({ method: 'GET', path: '/api/v4/webhooks' });
+      const hooks: any[] = res.data?._embedded?.webhooks ?? [];
+      return hooks.map((h) => ({ id: h.id, destination: String(h.destination), settings: Array.isArray(h.settings) ? h.settings.map(String) : [], disabled: Boolean(h.disabled) }));
+    },
+
+    async subscribeWebhook(destination: string, settings: string[]): Promise<void> {
+      await http.request({ method: 'POST', path: '/api/v4/webhooks', body: { destination, settings } });
+    },
+
+    /** Removes the hook for `destination`; false when there was none. */
+    async unsubscribeWebhook(destination: string): Promise<boolean> {
+      const res = await http.request({ method: 'DELETE', path: '/api/v4/webhooks', body: { destination }, answers: [404] });
+      return res.status !== 404;
     },
 
     async getAccount(): Promise<{ id: number; name: string; subdomain: string }> {

@@ -15,6 +15,8 @@ export interface ClaimedEvent {
   was_done?: boolean;
   /** The deal remembered for this student, if any. */
   cached_lead_id: number | null;
+  /** The mirror (amoCRM's hooks) knows the remembered deal is closed: no read needed. */
+  cached_lead_closed?: 'won' | 'lost' | null;
   created_at: string;
 }
 

@@ -37,6 +37,9 @@ export function buildRpcSql(fn: string, args: RpcArgs = {}): { text: string; val
 
 function toSqlValue(value: unknown): unknown {
   if (value instanceof Date) return value.toISOString();
+  // As PostgREST does: a list of objects can only be a jsonb argument; a list of scalars
+  // is a PostgreSQL array (text[], bigint[]). An empty list is ambiguous: pass null.
+  if (Array.isArray(value) && value.some((item) => item !== null && typeof item === 'object')) return JSON.stringify(value);
   if (Array.isArray(value)) return toPgArrayLiteral(value);
   if (value !== null && typeof value === 'object') return JSON.stringify(value);
   return value;

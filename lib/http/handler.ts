@@ -7,6 +7,13 @@ import { errorResponse, failureResponse } from './respond.ts';
 
 export type RuntimeSource = () => Promise<Runtime>;
 
+/** What a function gets from Netlify besides the request (the parts used here). */
+export interface FunctionContext {
+  /** Keeps the invocation alive for work done after the response. */
+  waitUntil?(promise: Promise<unknown>): void;
+  params?: Record<string, string>;
+}
+
 export interface EndpointSpec {
   /** Allowed methods; anything else is a 405 with `usage`. */
   methods: readonly string[];
@@ -14,11 +21,11 @@ export interface EndpointSpec {
   usage: string;
   /** Operator endpoints take AMOCRM_REPLAY_TOKEN (Bearer, or Basic when a browser asks). */
   operator?: boolean;
-  handle(req: Request, rt: Runtime): Promise<Response>;
+  handle(req: Request, rt: Runtime, context: FunctionContext): Promise<Response>;
 }
 
-export function endpoint(spec: EndpointSpec): (req: Request, runtime: RuntimeSource) => Promise<Response> {
-  return async (req, runtime) => {
+export function endpoint(spec: EndpointSpec): (req: Request, runtime: RuntimeSource, context?: FunctionContext) => Promise<Response> {
+  return async (req, runtime, context = {}) => {
     try {
       if (!spec.methods.includes(req.method)) return errorResponse(405, spec.usage, { allow: spec.methods.join(', ') });
       const rt = await runtime();
@@ -26,7 +33,7 @@ export function endpoint(spec: EndpointSpec): (req: Request, runtime: RuntimeSou
         const denied = operatorAuthFailure(req, rt.config.replayToken, wantsHtml(req));
         if (denied) return denied;
       }
-      return await spec.handle(req, rt);
+      return await spec.handle(req, rt, context);
     } catch (err) {
       return failureResponse(err);
     }

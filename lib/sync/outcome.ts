@@ -85,3 +85,16 @@ export async function recordDeferred(deps: SyncDeps, event: ClaimedEvent, holder
   deps.log.warn(`Событие отложено: ${why}`, { ...contextOf(event), code: cause.code, retry_in_s: Math.round(retryInMs / 1000) });
   return { eventId: event.id, status: 'deferred', moved: false, leadId: found?.lead.id, code: cause.code, message: cause.message, retryInMs };
 }
+
+/**
+ * The mirror of amoCRM's hooks knows the remembered deal is won or lost: the event is
+ * skipped without a read (forward-only never touches a closed deal).
+ */
+export async function recordClosedByMirror(deps: SyncDeps, event: ClaimedEvent, holder: string): Promise<EventOutcome> {
+  const leadId = event.cached_lead_id!;
+  const reason = `сделка закрыта (${event.cached_lead_closed === 'won' ? 'успешно' : 'не реализована'}), известно из хуков amoCRM`;
+  const r = await finishEvent(deps.db, event.id, holder, 'skipped', { leadId, code: 'deal_closed', error: reason });
+  if (r.status === 'done') return { eventId: event.id, status: 'done', moved: false, leadId };
+  deps.log.warn(`Событие пропущено: сделка ${leadId} не двигается назад`, { ...contextOf(event), code: 'deal_closed', reason });
+  return { eventId: event.id, status: 'skipped', moved: false, leadId, code: 'deal_closed', message: reason };
+}

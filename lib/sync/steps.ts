@@ -16,7 +16,7 @@ import { getCachedPipeline, putCachedPipeline } from '../db/settings.ts';
 import { decideMove, type MoveDecision } from './decide.ts';
 import type { EventOutcome, SyncDeps } from './deps.ts';
 import { chooseFromSearch, chosenOrThrow, noEmail, rememberedStillUsable, searchStudent, type StudentSearch } from './find-deal.ts';
-import { recordDecision, recordDeferred, recordFailure, type Found } from './outcome.ts';
+import { recordClosedByMirror, recordDecision, recordDeferred, recordFailure, type Found } from './outcome.ts';
 
 interface Plan {
   event: ClaimedEvent;
@@ -73,7 +73,8 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
   // 1. Students without an e-mail cannot be searched: each fails on its own.
   for (const event of events) if (!event.email) await guarded(event, async () => { throw noEmail(); });
 
-  // 2. Remembered deals, read together.
+  // 2. Remembered deals the mirror knows are closed need no read; the others are read together.
+  for (const event of open()) if (event.cached_lead_id && event.cached_lead_closed) outcomes.set(event, await recordClosedByMirror(deps, event, holder));
   const found = new Map<ClaimedEvent, Found>();
   const remembered = open().filter((e) => e.cached_lead_id);
   const rememberedLeads = remembered.length

@@ -8,6 +8,8 @@ import type { AmoResources } from '../amocrm/resources.ts';
 import { reconcile, resumeParked } from '../db/outbox.ts';
 import { syncStatus } from '../db/settings.ts';
 import type { OutcomeStatus } from './deps.ts';
+import { applyPendingDeliveries } from '../mirror/apply.ts';
+import { reconcileFeed } from '../mirror/feed.ts';
 import { runDrain } from './drain.ts';
 
 export interface SweepOptions {
@@ -34,6 +36,9 @@ export interface SweepReport {
   /** busy: a drainer already holds the queue. */
   stoppedBy: 'empty' | 'budget' | 'busy' | 'lease_lost';
   lookaheadFound: number;
+  /** The reverse direction (only when AMOCRM_HOOK_SECRET is set): hook deliveries applied, feed changes filled in. */
+  hooksApplied: number;
+  feedChanged: number;
   elapsedMs: number;
 }
 
@@ -43,7 +48,7 @@ export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise
   const started = clock.now();
   const left = () => budgetMs - (clock.now() - started);
   const inv = rt.invocation(Math.min(5_000, Math.max(500, budgetMs - reserveMs)));
-  const report: SweepReport = { tokenRefreshed: false, reconciled: 0, resumed: 0, claimed: 0, outcomes: {}, stoppedBy: 'empty', lookaheadFound: 0, elapsedMs: 0 };
+  const report: SweepReport = { tokenRefreshed: false, reconciled: 0, resumed: 0, claimed: 0, outcomes: {}, stoppedBy: 'empty', lookaheadFound: 0, hooksApplied: 0, feedChanged: 0, elapsedMs: 0 };
 
   let chainOk = true;
   try {
@@ -60,6 +65,19 @@ export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise
 
   const drained = await runDrain(rt, { budgetMs: left(), reserveMs, batchSize });
   Object.assign(report, { claimed: drained.claimed, outcomes: drained.outcomes, stoppedBy: drained.stoppedBy, lookaheadFound: drained.lookaheadFound });
+
+  if (rt.config.hooks.secret) {
+    // Deliveries the endpoint recorded but could not apply right away, then what the hooks
+    // missed, read from the events feed with spare capacity only (after the lesson work).
+    report.hooksApplied = (await applyPendingDeliveries(rt)).deliveries;
+    if (chainOk && left() > 2_000) {
+      try {
+        report.feedChanged = (await reconcileFeed(rt)).changed;
+      } catch (err) {
+        log.warn('Лента событий amoCRM не прочитана: следующий плановый запуск повторит', { code: err instanceof AmoError ? err.code : 'internal' });
+      }
+    }
+  }
   report.elapsedMs = clock.now() - started;
   return report;
 }

@@ -1,0 +1,58 @@
+// The reverse direction's database side: raw hook deliveries, the deal mirror and its
+// extension point (amocrm.deal_changes), the events feed cursor. The only module that
+// names these database functions (supabase/migrations/20261201000300_amocrm_mirror.sql).
+import type { LeadChange } from '../amocrm/hooks.ts';
+import type { Db } from './port.ts';
+
+export type DeliveryStatus = 'pending' | 'flagged' | 'ignored';
+
+export function recordDelivery(db: Db, d: {
+  requestId?: string; body: string; bodyBytes: number; changes: LeadChange[]; status: DeliveryStatus;
+  problem?: string; accountId?: number; subdomain?: string;
+}) {
+  return db.rpc<{ id: number; duplicate: boolean }>('amocrm_record_delivery', {
+    // An empty list would be ambiguous for the jsonb argument (see port.ts): null means none.
+    p_request_id: d.requestId, p_body: d.body, p_body_bytes: d.bodyBytes, p_changes: d.changes.length ? d.changes : null,
+    p_status: d.status, p_problem: d.problem, p_account_id: d.accountId, p_subdomain: d.subdomain,
+  });
+}
+
+/** What applying one change did (amocrm.apply_lead_change). */
+export interface AppliedChange {
+  applied: boolean;
+  lead_id?: number;
+  user_id?: string | null;
+  kind?: 'stage_changed' | 'won' | 'lost' | 'deleted' | null;
+  changed?: boolean;
+  pipeline_id?: number;
+  status_id?: number;
+  /** Why not applied: not_relevant, duplicate, older, no_lead_id. */
+  reason?: string;
+}
+
+export const applyDeliveries = (db: Db, pipelineId: number, limit = 100) =>
+  db.rpc<{ deliveries: number; results: AppliedChange[] }>('amocrm_apply_deliveries', { p_pipeline_id: pipelineId, p_limit: limit });
+
+export const applyChanges = (db: Db, changes: LeadChange[], source: string, pipelineId: number) =>
+  db.rpc<{ results: AppliedChange[] }>('amocrm_apply_changes', { p_changes: changes.length ? changes : null, p_source: source, p_pipeline_id: pipelineId });
+
+export interface StudentDeal {
+  user_id: string;
+  lead_id: number | null;
+  mirrored?: boolean;
+  pipeline_id?: number | null;
+  status_id?: number | null;
+  closed?: 'won' | 'lost' | null;
+  deleted?: boolean;
+  modified_at?: string | null;
+  modified_by?: number | null;
+}
+
+/** "Where is student X's deal now". */
+export const studentDeal = (db: Db, userId: string) => db.rpc<StudentDeal>('amocrm_student_deal', { p_user_id: userId });
+
+/** Unix seconds of the newest feed change read, or null before the first read. */
+export const getFeedCursor = (db: Db) => db.rpc<number | null>('amocrm_get_feed_cursor');
+export async function putFeedCursor(db: Db, from: number): Promise<void> {
+  await db.rpc('amocrm_put_feed_cursor', { p_from: Math.floor(from) });
+}

@@ -1,0 +1,63 @@
+// POST /api/amocrm/crm-events/<secret> — amoCRM's account webhooks. They are unsigned, so
+// the secret in the URL (compared in constant time) and the account are the
+// authentication. The delivery is recorded as it came and answered 200 at once (amoCRM
+// waits 2 s, and disables a hook after 100 bad answers); applying it to the mirror
+// happens after the answer. Content we cannot use is kept and flagged for an operator,
+// never answered with an error: only a delivery we could not record gets a non-2xx.
+import { HookContentError, parseHookBody, type LeadChange } from '../amocrm/hooks.ts';
+import { recordDelivery, type DeliveryStatus } from '../db/mirror.ts';
+import { applyPendingDeliveries } from '../mirror/apply.ts';
+import { safeEqual } from '../webhook/verify.ts';
+import { readBody } from '../webhook/payload.ts';
+import { endpoint } from './handler.ts';
+import { errorResponse, json } from './respond.ts';
+
+/** Netlify's request limit; anything amoCRM sends is far smaller. */
+const BODY_LIMIT_BYTES = 6 * 1024 * 1024;
+/** What is kept of a body in the database. */
+const KEPT_BYTES = 256 * 1024;
+
+export const handleCrmEvents = endpoint({
+  methods: ['POST'],
+  usage: 'amoCRM posts its account webhooks here (application/x-www-form-urlencoded)',
+  async handle(req, rt, context) {
+    const { secret, subdomain, accountId } = rt.config.hooks;
+    const offered = context.params?.secret ?? decodeURIComponent(new URL(req.url).pathname.split('/').at(-1) ?? '');
+    if (!secret) return errorResponse(404, 'not found');
+    if (!safeEqual(offered, secret)) return errorResponse(404, 'not found');
+
+    const body = await readBody(req, BODY_LIMIT_BYTES);
+    const bodyBytes = Buffer.byteLength(body);
+    let changes: LeadChange[] = [];
+    let account: { id?: number; subdomain?: string } = {};
+    let status: DeliveryStatus = 'pending';
+    let problem: string | undefined;
+    try {
+      ({ changes, account } = parseHookBody(body));
+      if (!account.subdomain && account.id === undefined) problem = 'no account[subdomain] or account[id] in the delivery';
+      else if (subdomain && account.subdomain && account.subdomain.toLowerCase() !== subdomain) problem = `another account: ${account.subdomain}`;
+      else if (accountId !== undefined && account.id !== undefined && account.id !== accountId) problem = `another account id: ${account.id}`;
+      else if (bodyBytes > KEPT_BYTES) problem = `body of ${bodyBytes} bytes: larger than any amoCRM delivery`;
+      if (problem) status = 'flagged';
+      else if (changes.length === 0) status = 'ignored';
+    } catch (err) {
+      if (!(err instanceof HookContentError)) throw err;
+      status = 'flagged';
+      problem = err.message;
+    }
+    const recorded = await recordDelivery(rt.db, {
+      requestId: req.headers.get('x-amocrm-requestid') ?? undefined, body, bodyBytes,
+      changes: status === 'pending' ? changes : [], status, problem, accountId: account.id, subdomain: account.subdomain,
+    });
+    if (status === 'flagged') {
+      rt.log.warn('Хук amoCRM сохранён, но не разобран: нужен оператор', { delivery: recorded.id, problem: problem?.slice(0, 200) });
+    }
+    if (status === 'pending' && !recorded.duplicate) {
+      // After the answer: Netlify keeps the invocation alive for it. Without waitUntil the
+      // scheduled run applies the delivery (it is durable already).
+      context.waitUntil?.(applyPendingDeliveries(rt).catch((err) =>
+        rt.log.warn('Хуки amoCRM не применены сразу: плановый запуск применит', { error: String((err as Error)?.message ?? err).slice(0, 200) })));
+    }
+    return json(200, { ok: true, delivery_id: recorded.id, status, duplicate: recorded.duplicate });
+  },
+});
