@@ -19,7 +19,7 @@ export function problem(status: number, detail?: string, extra: Record<string, u
 export const validationProblem = (items: ValidationItem[]): Answer => problem(400, 'Request validation failed', { 'validation-errors': items });
 export const emptyBody = (): Answer => problem(400, 'Request data can not be empty');
 
-function parsePaging(search: URLSearchParams): { limit: number; page: number } | Answer {
+function parsePaging(search: URLSearchParams, maxLimit: number): { limit: number; page: number } | Answer {
   const rawLimit = search.get('limit');
   const rawPage = search.get('page');
   let limit = DEFAULT_LIMIT;
@@ -27,7 +27,7 @@ function parsePaging(search: URLSearchParams): { limit: number; page: number } |
   if (rawLimit !== null) {
     limit = Number(rawLimit);
     if (!Number.isSafeInteger(limit) || limit < 1) return problem(400, 'Request validation failed: limit');
-    if (limit > MAX_LIMIT) return problem(422, `Limit must not be greater than ${MAX_LIMIT}`);
+    if (limit > maxLimit) return problem(422, `Limit must not be greater than ${maxLimit}`);
   }
   if (rawPage !== null) {
     page = Number(rawPage);
@@ -64,11 +64,16 @@ export function createHal(baseUrl: () => string, state: StandinState) {
 
     lead(l: LeadState) {
       return {
-        id: l.id, name: l.name, price: 0, responsible_user_id: ACCOUNT.current_user_id, group_id: 0,
+        id: l.id, name: l.name, price: l.price, responsible_user_id: l.responsibleUserId, group_id: 0,
         status_id: l.statusId, pipeline_id: l.pipelineId, loss_reason_id: null,
-        created_by: ACCOUNT.current_user_id, updated_by: ACCOUNT.current_user_id,
+        created_by: l.createdBy, updated_by: l.updatedBy,
         created_at: l.createdAt, updated_at: l.updatedAt, closed_at: l.closedAt, closest_task_at: null,
-        is_deleted: false, custom_fields_values: null, score: null, account_id: ACCOUNT.id, labor_cost: null,
+        is_deleted: false,
+        custom_fields_values: l.customFields.length === 0 ? null : l.customFields.map((f) => ({
+          field_id: f.id, field_name: f.name, field_code: null, field_type: 'text',
+          values: f.values.map((v) => (v.enum === undefined ? { value: v.value } : { value: v.value, enum_id: v.enum })),
+        })),
+        score: null, account_id: ACCOUNT.id, labor_cost: null,
         _links: links(`/api/v4/leads/${l.id}`),
         _embedded: { tags: [], companies: [] },
       };
@@ -92,9 +97,9 @@ export function createHal(baseUrl: () => string, state: StandinState) {
       };
     },
 
-    /** One page of `items` under `_embedded[key]`, as the request's limit/page ask. */
-    page<T>(ctx: Ctx, items: T[], key: string, render: (item: T) => unknown): Reply {
-      const paging = parsePaging(ctx.search);
+    /** One page of `items` under `_embedded[key]`, as the request's limit/page ask (limit at most `maxLimit`). */
+    page<T>(ctx: Ctx, items: T[], key: string, render: (item: T) => unknown, maxLimit = MAX_LIMIT): Reply {
+      const paging = parsePaging(ctx.search, maxLimit);
       if ('status' in paging) return paging;
       const start = (paging.page - 1) * paging.limit;
       const slice = items.slice(start, start + paging.limit);

@@ -11,21 +11,38 @@
 // normal path) → 403 when blocked → 413 → rate limit (/api/v4 and /oauth2) → auth (/api/v4)
 // → the endpoint.
 //
+// The other direction, amoCRM → the platform: account webhooks (/api/v4/webhooks) delivered as
+// amoCRM delivers them — form-encoded, 2 s, retries, disabling — for every lead change, API or
+// manager (managerMove/Win/Lose/Delete), and the events feed (/api/v4/events) that records
+// every stage change (https://www.amocrm.ru/developers/content/crm_platform/webhooks-format,
+// …/webhooks-api, …/events-and-notes).
+//
 // Modules: state (data; every lead change in one function), routes (REST endpoints),
 // hal (rendering and paging), oauth (tokens), limits (rate, block, faults, latency),
-// ledger (recorded requests, counters), server (node:http).
-import { createHal, problem } from './hal.ts';
+// ledger (recorded requests, counters), hooks (subscriptions and delivery), hookform (the
+// delivery's form body), events (the events feed), server (node:http).
+import { createEvents } from './events.ts';
+import { ACCOUNT, createHal, problem } from './hal.ts';
+import { createHooks } from './hooks.ts';
 import { createLedger } from './ledger.ts';
 import { createLimits } from './limits.ts';
 import { createOAuth, hex } from './oauth.ts';
 import { createRoutes, matchRoute } from './routes.ts';
 import { listen, MAX_BODY } from './server.ts';
-import { createState } from './state.ts';
-import type { AmoStandin, Ctx, Reply, StandinOptions } from './types.ts';
+import { API_USER_ID, createState, LOST, MANAGER_USER_ID, WON, type LeadState } from './state.ts';
+import type { AmoStandin, Ctx, Reply, StandinLead, StandinOptions } from './types.ts';
 
 export type {
-  AmoStandin, Fault, RecordedRequest, StandinContact, StandinCounts, StandinLead, StandinOptions, StandinPipeline,
+  AmoStandin, Fault, HookAction, HookAttempt, HookForm, ManagerOptions, RecordedRequest, StandinContact, StandinCounts,
+  StandinCustomField, StandinEvent, StandinLead, StandinOptions, StandinPipeline, StandinWebhook,
 } from './types.ts';
+export { USER_AGENT as HOOK_USER_AGENT } from './hooks.ts';
+/** The stand-in's account as its hooks name it: account[id], account[subdomain]. */
+export const STANDIN_ACCOUNT = { id: ACCOUNT.id, subdomain: ACCOUNT.subdomain } as const;
+/** Who the events and hooks name: the integration's token user, and the manager of manager* calls. */
+export const STANDIN_USERS = { api: API_USER_ID, manager: MANAGER_USER_ID } as const;
+
+const MINUTE = 60_000;
 
 const isApiPath = (path: string) => path === '/api/v4' || path.startsWith('/api/v4/');
 
@@ -50,7 +67,41 @@ export async function startAmoStandin(options: StandinOptions = {}): Promise<Amo
   });
   let baseUrl = '';
   const hal = createHal(() => baseUrl, state);
-  const routes = createRoutes(state, hal, ledger.patched);
+  const hooks = createHooks({
+    now,
+    timeoutMs: options.hookTimeoutMs ?? 2000,
+    retryDelaysMs: {
+      invalid: options.hookRetryDelaysMs?.invalid ?? [5 * MINUTE, 15 * MINUTE],
+      server: options.hookRetryDelaysMs?.server ?? [15 * MINUTE, 60 * MINUTE],
+    },
+    disableAfter: options.hookDisableAfter ?? 100,
+    form: options.hookForm ?? 'full',
+  });
+  const events = createEvents(now, hal);
+  state.onLeadChange(events.onLeadChange);
+  state.onLeadChange(hooks.onLeadChange);
+  let admin = true;
+  const routes = createRoutes(state, hal, ledger.patched, { hooks, events, isAdmin: () => admin });
+
+  const leadCopy = (l: LeadState): StandinLead => ({
+    id: l.id, name: l.name, pipelineId: l.pipelineId, statusId: l.statusId, updatedAt: l.updatedAt, isDeleted: l.isDeleted,
+    price: l.price, responsibleUserId: l.responsibleUserId, createdBy: l.createdBy, updatedBy: l.updatedBy,
+    customFields: l.customFields.map((f) => ({ ...f, values: f.values.map((v) => ({ ...v })) })),
+  });
+  const liveOrThrow = (id: number) => {
+    const l = state.liveLead(id);
+    if (!l) throw new Error(`stand-in: no lead ${id}${state.lead(id) ? ' (it is deleted)' : ''}`);
+    return l;
+  };
+  /** A manager's move: the deal's pipeline when it has the stage, else the pipeline that has it. */
+  function managerMove(id: number, to: { statusId: number; pipelineId?: number; userId?: number }) {
+    const l = liveOrThrow(id);
+    const pipelineId = to.pipelineId ?? (state.hasStatus(l.pipelineId, to.statusId) ? l.pipelineId : state.ownerOf(to.statusId)?.id);
+    if (pipelineId === undefined || !state.pipeline(pipelineId)) throw new Error(`stand-in: no pipeline has stage ${to.statusId}`);
+    if (!state.hasStatus(pipelineId, to.statusId)) throw new Error(`stand-in: pipeline ${pipelineId} has no stage ${to.statusId}`);
+    state.changeLead(l, { pipelineId, statusId: to.statusId, name: l.name }, 'manager', state.nowSec(), to.userId ?? MANAGER_USER_ID);
+    return leadCopy(l);
+  }
 
   /** Everything a request goes through when no fault replaces it. */
   function normal(ctx: Ctx): Reply {
@@ -103,13 +154,16 @@ export async function startAmoStandin(options: StandinOptions = {}): Promise<Amo
   return {
     url: server.url,
     requests: ledger.requests,
-    close: server.close,
+    async close() {
+      hooks.close();
+      await server.close();
+    },
     addPipeline: state.addPipeline,
     addContact: state.addContact,
     addLead: state.addLead,
     lead(id) {
       const l = state.lead(id);
-      return l && { id: l.id, name: l.name, pipelineId: l.pipelineId, statusId: l.statusId, updatedAt: l.updatedAt, isDeleted: l.isDeleted };
+      return l && leadCopy(l);
     },
     setLeadStatus(id, statusId) {
       const l = state.lead(id);
@@ -117,6 +171,28 @@ export async function startAmoStandin(options: StandinOptions = {}): Promise<Amo
       const pipelineId = state.hasStatus(l.pipelineId, statusId) ? l.pipelineId : (state.ownerOf(statusId)?.id ?? l.pipelineId);
       state.changeLead(l, { pipelineId, statusId, name: l.name }, 'manager');
     },
+    managerMove,
+    managerWin: (id, opts = {}) => managerMove(id, { statusId: WON, pipelineId: liveOrThrow(id).pipelineId, userId: opts.userId }),
+    managerLose: (id, opts = {}) => managerMove(id, { statusId: LOST, pipelineId: liveOrThrow(id).pipelineId, userId: opts.userId }),
+    managerDelete(id, opts = {}) {
+      const l = liveOrThrow(id);
+      state.deleteLead(l, 'manager', state.nowSec(), opts.userId ?? MANAGER_USER_ID);
+      return leadCopy(l);
+    },
+    webhooks: () => hooks.list(),
+    subscribe: (destination, settings) => hooks.subscribe(destination, settings),
+    unsubscribe: hooks.unsubscribe,
+    enableHook: hooks.enable,
+    hooksOff: () => hooks.setOff(true),
+    hooksOn: () => hooks.setOff(false),
+    dropNextHooks: hooks.dropNext,
+    setHookForm: hooks.setForm,
+    hookAttempts: hooks.attempts,
+    hooksSettled: hooks.settled,
+    setAdminRights(value) {
+      admin = value;
+    },
+    leadEvents: events.list,
     issueTokens: oauth.issueTokens,
     issueAuthCode: oauth.issueAuthCode,
     expireAccessTokens: oauth.expireAccessTokens,

@@ -4,10 +4,14 @@
 //   GET   /api/v4/leads?filter[id][]=…&limit&page,  GET /api/v4/leads/:id
 //   PATCH /api/v4/leads/:id,  PATCH /api/v4/leads (batch)
 //   GET   /api/v4/leads/pipelines,  GET /api/v4/leads/pipelines/:id
+//   GET   /api/v4/webhooks?filter[destination]=…,  POST /api/v4/webhooks,  DELETE /api/v4/webhooks (admin only)
+//   GET   /api/v4/events?filter[…]&limit&page (events.ts)
 // (POST /oauth2/access_token lives in oauth.ts.) Anything else is a 404.
+import type { StandinEvents } from './events.ts';
 import { createHal, emptyBody, MAX_LIMIT, problem, validationProblem, ACCOUNT, type ValidationItem } from './hal.ts';
+import { HookInputError, type StandinHooks } from './hooks.ts';
 import type { LeadFields, LeadState, StandinState } from './state.ts';
-import type { Ctx, Reply } from './types.ts';
+import type { Ctx, Reply, StandinWebhook } from './types.ts';
 
 const ROUTE_PATTERNS = [
   '/oauth2/access_token',
@@ -17,6 +21,8 @@ const ROUTE_PATTERNS = [
   '/api/v4/leads/pipelines',
   '/api/v4/leads/pipelines/:id',
   '/api/v4/leads/:id',
+  '/api/v4/webhooks',
+  '/api/v4/events',
 ] as const;
 
 /** The route key ('GET /api/v4/leads/:id') and the numeric path parameters. */
@@ -67,7 +73,40 @@ function filterIds(search: URLSearchParams, name: string): Set<number> | undefin
 
 const withs = (search: URLSearchParams) => new Set(search.getAll('with').flatMap((w) => w.split(',')).map((w) => w.trim()));
 
-export function createRoutes(state: StandinState, hal: ReturnType<typeof createHal>, onPatched: () => void) {
+export interface FeedRoutes { hooks: StandinHooks; events: StandinEvents; isAdmin: () => boolean }
+
+export function createRoutes(state: StandinState, hal: ReturnType<typeof createHal>, onPatched: () => void, feed: FeedRoutes) {
+  const renderHook = (h: StandinWebhook) => ({
+    id: h.id, destination: h.destination, created_by: h.createdBy, created_at: h.createdAt, updated_at: h.updatedAt,
+    sort: h.sort, disabled: h.disabled, settings: h.settings, account_id: ACCOUNT.id,
+  });
+
+  /** GET, POST and DELETE /api/v4/webhooks: an admin's token only, JSON bodies. */
+  function webhooks(ctx: Ctx): Reply {
+    if (!feed.isAdmin()) return problem(403, 'Webhooks can be managed by an account administrator only');
+    if (ctx.method === 'GET') {
+      const destination = ctx.search.get('filter[destination]') ?? undefined;
+      const list = feed.hooks.list(destination);
+      if (list.length === 0) return { status: 204 };
+      return { status: 200, body: { _total_items: list.length, _links: hal.links('/api/v4/webhooks'), _embedded: { webhooks: list.map(renderHook) } } };
+    }
+    const parsed = parseJson(ctx.body);
+    if (!parsed.ok || !isObject(parsed.value) || Object.keys(parsed.value).length === 0) return emptyBody();
+    const body = parsed.value;
+    if (ctx.method === 'DELETE') {
+      if (typeof body.destination !== 'string' || body.destination === '') {
+        return validationProblem([{ request_id: '0', errors: [{ code: 'NotBlank', path: 'destination', detail: 'This value should not be blank' }] }]);
+      }
+      return feed.hooks.unsubscribe(body.destination) ? { status: 204 } : problem(404, 'Webhook with this destination not found');
+    }
+    try {
+      return { status: 200, body: renderHook(feed.hooks.subscribe(body.destination, body.settings, body.sort)) };
+    } catch (err) {
+      if (!(err instanceof HookInputError)) throw err;
+      return validationProblem([{ request_id: '0', errors: [{ code: err.code, path: err.path, detail: err.message }] }]);
+    }
+  }
+
   function patchOne(ctx: Ctx): Reply {
     const parsed = parseJson(ctx.body);
     if (!parsed.ok || !isObject(parsed.value) || Object.keys(parsed.value).length === 0) return emptyBody();
@@ -160,6 +199,12 @@ export function createRoutes(state: StandinState, hal: ReturnType<typeof createH
           const list = state.pipelines();
           return { status: 200, body: { _total_items: list.length, _links: hal.links('/api/v4/leads/pipelines'), _embedded: { pipelines: list.map(hal.pipeline) } } };
         }
+        case 'GET /api/v4/webhooks':
+        case 'POST /api/v4/webhooks':
+        case 'DELETE /api/v4/webhooks':
+          return webhooks(ctx);
+        case 'GET /api/v4/events':
+          return feed.events.route(ctx);
         case 'GET /api/v4/leads/pipelines/:id': {
           const p = state.pipeline(id);
           return p ? { status: 200, body: hal.pipeline(p) } : problem(404, `Pipeline ${id} not found`);

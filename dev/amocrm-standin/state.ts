@@ -1,18 +1,30 @@
 // The account's data: pipelines with their stages, contacts, leads. Every change of a lead
-// (an API PATCH or a manager's move) goes through changeLead, which tells the listeners:
-// the one place to hook amoCRM's outgoing webhooks (status_lead) onto.
-import type { StandinContact, StandinLead, StandinPipeline } from './types.ts';
+// (an API PATCH, a manager's move, a deletion, a new lead) goes through changeLead, deleteLead
+// or addLead, which tell the listeners: the one place amoCRM's outgoing webhooks and its
+// events feed hang on.
+import type { StandinContact, StandinCustomField, StandinLead, StandinPipeline } from './types.ts';
 
 export const WON = 142;
 export const LOST = 143;
+/** The user behind the integration's token: what amoCRM records as the author of API changes. */
+export const API_USER_ID = 123;
+/** The sales manager who moves deals by hand in the stand-in (a person, not the integration). */
+export const MANAGER_USER_ID = 504141;
 
 export type StatusState = StandinPipeline['statuses'][number];
 export interface PipelineState { id: number; name: string; statuses: StatusState[]; isMain: boolean; sort: number }
 export interface ContactState { id: number; name: string; emails: string[]; leadIds: number[]; updatedAt: number; createdAt: number }
-export interface LeadState { id: number; name: string; pipelineId: number; statusId: number; updatedAt: number; isDeleted: boolean; createdAt: number; closedAt: number | null }
+export interface LeadState {
+  id: number; name: string; pipelineId: number; statusId: number; updatedAt: number; isDeleted: boolean; createdAt: number; closedAt: number | null;
+  price: number; responsibleUserId: number; createdBy: number; updatedBy: number; customFields: StandinCustomField[];
+}
 /** The fields a change may set. */
 export interface LeadFields { pipelineId: number; statusId: number; name: string }
-export interface LeadChange { lead: Readonly<LeadState>; before: Readonly<LeadFields>; at: number; by: 'api' | 'manager' }
+/**
+ * One change of a lead, as the listeners see it: `kind` add (a new lead), update (fields set,
+ * stage or not) or delete; `before` the fields just before it; `userId` who made it.
+ */
+export interface LeadChange { kind: 'add' | 'update' | 'delete'; lead: Readonly<LeadState>; before: Readonly<LeadFields>; at: number; by: 'api' | 'manager'; userId: number }
 export interface FieldError { code: string; path: string; detail: string }
 
 const NOT_SUPPORTED = "The value you've selected is not supported";
@@ -24,6 +36,10 @@ export function createState(nowSec: () => number) {
   const contacts = new Map<number, ContactState>();
   const leads = new Map<number, LeadState>();
   const listeners = new Set<(change: LeadChange) => void>();
+  const notify = (change: LeadChange) => {
+    for (const listener of listeners) listener(change);
+  };
+  const fieldsOf = (l: LeadState): LeadFields => ({ pipelineId: l.pipelineId, statusId: l.statusId, name: l.name });
 
   const liveLead = (id: number) => {
     const l = leads.get(id);
@@ -53,11 +69,18 @@ export function createState(nowSec: () => number) {
       contacts.set(c.id, { id: c.id, name: c.name, emails: [...c.emails], leadIds: [...c.leadIds], updatedAt: at, createdAt: at });
     },
 
+    /** Seeds a lead (replacing one with the same id); a lead new to the account is an 'add' for the listeners. */
     addLead(l: StandinLead) {
-      leads.set(l.id, {
+      const isNew = !leads.has(l.id);
+      const by = l.createdBy ?? API_USER_ID;
+      const lead: LeadState = {
         id: l.id, name: l.name, pipelineId: l.pipelineId, statusId: l.statusId, updatedAt: l.updatedAt,
         isDeleted: l.isDeleted ?? false, createdAt: l.updatedAt, closedAt: isClosed(l.statusId) ? l.updatedAt : null,
-      });
+        price: l.price ?? 0, responsibleUserId: l.responsibleUserId ?? API_USER_ID, createdBy: by, updatedBy: by,
+        customFields: (l.customFields ?? []).map((f) => ({ ...f, values: f.values.map((v) => ({ ...v })) })),
+      };
+      leads.set(l.id, lead);
+      if (isNew && !lead.isDeleted) notify({ kind: 'add', lead, before: fieldsOf(lead), at: lead.updatedAt, by: 'api', userId: by });
     },
 
     pipeline: (id: number) => pipelines.get(id),
@@ -112,16 +135,28 @@ export function createState(nowSec: () => number) {
       return { errors, next };
     },
 
-    /** The one way a lead changes. `at` is shared by the items of one batch PATCH. */
-    changeLead(l: LeadState, next: LeadFields, by: LeadChange['by'], at = nowSec()) {
-      const before = { pipelineId: l.pipelineId, statusId: l.statusId, name: l.name };
+    /**
+     * The one way a lead's fields change. `at` is shared by the items of one batch PATCH;
+     * `userId` defaults to the token's user for the API and to the manager otherwise.
+     */
+    changeLead(l: LeadState, next: LeadFields, by: LeadChange['by'], at = nowSec(), userId = by === 'api' ? API_USER_ID : MANAGER_USER_ID) {
+      const before = fieldsOf(l);
       l.pipelineId = next.pipelineId;
       l.statusId = next.statusId;
       l.name = next.name;
       l.updatedAt = at;
+      l.updatedBy = userId;
       if (!isClosed(next.statusId)) l.closedAt = null;
       else if (!isClosed(before.statusId) || l.closedAt === null) l.closedAt = at;
-      for (const listener of listeners) listener({ lead: l, before, at, by });
+      notify({ kind: 'update', lead: l, before, at, by, userId });
+    },
+
+    /** Deletes a lead (it stays, marked, as amoCRM keeps it in the trash). */
+    deleteLead(l: LeadState, by: LeadChange['by'], at = nowSec(), userId = by === 'api' ? API_USER_ID : MANAGER_USER_ID) {
+      l.isDeleted = true;
+      l.updatedAt = at;
+      l.updatedBy = userId;
+      notify({ kind: 'delete', lead: l, before: fieldsOf(l), at, by, userId });
     },
 
     /** Called after every lead change; returns the unsubscribe function. */

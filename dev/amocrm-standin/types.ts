@@ -17,9 +17,58 @@ export interface StandinOptions {
    * clock they move by hand, so limits are exact whatever the machine's load.
    */
   now?: () => number;
+  /** How long a webhook delivery may take before it counts as failed (amoCRM waits at most 2 s). Real time. Default 2000. */
+  hookTimeoutMs?: number;
+  /**
+   * Delays before the 2nd and 3rd attempt of a failed delivery, on the stand-in's clock:
+   * `invalid` for no answer below 100 or ≥ 300 (default 5 and 15 minutes), `server` for
+   * 499 and 5xx, a timeout included (default 15 minutes and 1 hour).
+   */
+  hookRetryDelaysMs?: { invalid?: number[]; server?: number[] };
+  /** A hook is disabled once more than this many invalid answers came within 2 hours (default 100). */
+  hookDisableAfter?: number;
+  /**
+   * Which status_lead form to send: 'full' (default; every field captures show, plus
+   * old_pipeline_id) or 'short' (only id, status_id, pipeline_id, old_status_id, old_pipeline_id
+   * and account[id|subdomain], as other captures show: no name, no modification time).
+   */
+  hookForm?: HookForm;
 }
+export type HookForm = 'full' | 'short';
+export interface StandinCustomField { id: number; name: string; values: { value: string; enum?: number }[] }
 export interface StandinContact { id: number; name: string; emails: string[]; leadIds: number[]; updatedAt?: number }
-export interface StandinLead { id: number; name: string; pipelineId: number; statusId: number; updatedAt: number; isDeleted?: boolean }
+export interface StandinLead {
+  id: number; name: string; pipelineId: number; statusId: number; updatedAt: number; isDeleted?: boolean;
+  price?: number; // default 0
+  responsibleUserId?: number; // default the token's user (123)
+  createdBy?: number; // default the token's user (123)
+  customFields?: StandinCustomField[]; // sent in hooks as custom_fields (old v2 names)
+  updatedBy?: number; // read only: who changed it last
+}
+/** An event of the feed (GET /api/v4/events), as amoCRM renders it minus _links/_embedded. */
+export interface StandinEvent {
+  id: string; type: 'lead_status_changed' | 'lead_deleted'; entity_id: number; entity_type: 'lead';
+  created_by: number; created_at: number; account_id: number;
+  value_before: { lead_status: { id: number; pipeline_id: number } }[];
+  value_after: { lead_status: { id: number; pipeline_id: number } }[];
+}
+/** A webhook subscription (GET /api/v4/webhooks renders these, snake_cased). */
+export interface StandinWebhook { id: number; destination: string; settings: string[]; sort: number; disabled: boolean; createdBy: number; createdAt: number; updatedAt: number }
+/** What a delivery reports: add_lead → 'add', update_lead → 'update', status_lead → 'status', delete_lead → 'delete'. */
+export type HookAction = 'add' | 'update' | 'status' | 'delete';
+/**
+ * One attempt to deliver a hook. `at` is the stand-in's clock (ms) when it was sent; `status`
+ * the answer's code, 0 when none came (connection failed, or dropped), 499 when amoCRM's 2 s
+ * ran out; `ok` for 100–299. A dropped delivery (hooksOff, dropNextHooks) is recorded once with
+ * dropped: true and never sent. `attempt` counts 1, 2, 3 for one delivery (`deliveryId`).
+ */
+export interface HookAttempt {
+  deliveryId: number; attempt: number; hookId: number; destination: string; action: HookAction; leadIds: number[];
+  requestId: string; at: number; status: number; ok: boolean; error?: 'timeout' | 'network'; dropped?: true;
+  body: string; // the form body as sent
+}
+/** How a manager's call names its author (default MANAGER_USER_ID). */
+export interface ManagerOptions { userId?: number }
 export interface StandinPipeline { id: number; name: string; statuses: { id: number; name: string; sort: number; type?: 0 | 1 }[] }
 export type Fault =
   | { status: number; body?: unknown; headers?: Record<string, string> } // answer this instead
@@ -36,7 +85,38 @@ export interface AmoStandin {
   addContact(c: StandinContact): void;
   addLead(l: StandinLead): void;
   lead(id: number): StandinLead | undefined; // current state (a copy; tests assert on it)
-  setLeadStatus(id: number, statusId: number): void; // a sales manager moving a deal by hand
+  setLeadStatus(id: number, statusId: number): void; // a sales manager moving a deal by hand (managerMove without options)
+  /**
+   * A sales manager moves the deal by hand (sends the hooks, records the event). Without
+   * pipelineId: the deal's pipeline when it has the stage, else the pipeline that has it.
+   * Throws for an unknown or deleted lead and for a stage the pipeline does not have.
+   */
+  managerMove(leadId: number, to: { statusId: number; pipelineId?: number; userId?: number }): StandinLead;
+  managerWin(leadId: number, opts?: ManagerOptions): StandinLead; // to 142 in its pipeline
+  managerLose(leadId: number, opts?: ManagerOptions): StandinLead; // to 143 in its pipeline
+  managerDelete(leadId: number, opts?: ManagerOptions): StandinLead; // into the trash (delete_lead, lead_deleted)
+
+  // --- account webhooks (also served at /api/v4/webhooks) ---
+  webhooks(): StandinWebhook[]; // copies, in the order GET lists them
+  /** Subscribes `destination` (or updates the settings of its existing hook; `disabled` stays). Throws on bad input or the 101st hook. */
+  subscribe(destination: string, settings: string[]): StandinWebhook;
+  unsubscribe(destination: string): boolean; // false when there was no such hook
+  /** An admin re-enabling a disabled hook by hand (amoCRM never does it by itself). */
+  enableHook(destination: string): void;
+  /** While off, every delivery is dropped (recorded as dropped, never sent, never retried). */
+  hooksOff(): void;
+  hooksOn(): void;
+  /** The next n deliveries (of `action` only, when given) go missing: recorded as dropped, never sent. */
+  dropNextHooks(n: number, action?: HookAction): void;
+  setHookForm(form: HookForm): void;
+  /** Every delivery attempt, in order (live array; resetCounts does not clear it). */
+  hookAttempts: HookAttempt[];
+  /** Resolves when no delivery is in flight or due on the stand-in's clock (runs the due retries first). */
+  hooksSettled(): Promise<void>;
+  /** false: every token answers 403 on /api/v4/webhooks, as a non-admin's token does. Default true. */
+  setAdminRights(admin: boolean): void;
+  /** The events feed's records, oldest first (copies). */
+  leadEvents(): StandinEvent[];
   /** Issues a fresh token pair as if an authorization code had been exchanged; returns it. */
   issueTokens(): { access_token: string; refresh_token: string; expires_in: number };
   /** An authorization code valid 20 min, single use, for POST /oauth2/access_token grant_type=authorization_code. */
