@@ -6,7 +6,7 @@ import type { PGlite } from '@electric-sql/pglite';
 import type { Db } from '../lib/db/port.ts';
 import type { Logger } from '../lib/log.ts';
 import type { Runtime } from '../lib/runtime.ts';
-import type { AmoStandin } from './amocrm-standin/index.ts';
+import { STANDIN_ACCOUNT, type AmoStandin } from './amocrm-standin/index.ts';
 import { createSyncStack, LOCAL_LAYOUT, LOCAL_SECRETS, type Row } from './stack/index.ts';
 
 /** Local-only values, documented in the README; never used outside this machine. */
@@ -45,9 +45,13 @@ export async function startEmbedded(options: EmbeddedOptions = {}): Promise<Embe
     standin: { latencyMs: options.latencyMs ?? [60, 160] },
     log: options.log,
     tokens: options.expiredToken ? 'expired' : 'valid',
+    // The reverse direction on, as a deployment that set AMOCRM_HOOK_SECRET has it.
+    env: { AMOCRM_HOOK_SECRET: LOCAL_SECRETS.hookSecret, AMOCRM_SUBDOMAIN: STANDIN_ACCOUNT.subdomain, AMOCRM_ACCOUNT_ID: String(STANDIN_ACCOUNT.id) },
   });
   try {
     const served = await stack.serve({ port: options.port ?? 0 });
+    // amoCRM's account hook for this deployment, as `npm run amocrm -- webhooks subscribe` makes it.
+    stack.amo.subscribe(`${served.url}/api/amocrm/crm-events/${LOCAL_SECRETS.hookSecret}`, ['status_lead', 'update_lead', 'delete_lead', 'restore_lead']);
     return {
       pg: stack.database.pglite!, db: stack.db, amo: stack.amo, runtime: stack.runtime, url: served.url, env: stack.env,
       addStudent: (email, opts) => stack.addStudent(email, opts),

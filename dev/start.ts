@@ -1,6 +1,7 @@
 // `npm start`: the whole sync on this machine, no Supabase and no amoCRM account needed.
 // Shows a student completing lessons 67, 68, 69 and the deal walking through the three
 // stages, then keeps serving so you can post your own events (see README).
+import { studentDeal, type StudentDeal } from '../lib/db/mirror.ts';
 import { LOCAL, startEmbedded, type Embedded } from './embedded.ts';
 
 /** Ends the way every CLI here ends: one ❌ line that says what to do, exit 1. */
@@ -46,12 +47,30 @@ say(`Outbox: ${events.map((e) => `#${e.id} урок ${e.lesson_id} → ${e.statu
 const counts = app.amo.counts();
 console.log(`   запросов к amoCRM: ${counts.total} (обновлений токена: ${counts.refreshes}, 429: ${counts.tooMany})`);
 
+// The reverse direction: a sales manager marks the deal won in amoCRM; its hook reaches
+// the platform, which can react in its own database (amocrm.deal_changes).
+say('Менеджер отмечает сделку в amoCRM как успешную (оплата основного курса)');
+app.amo.managerWin(student.leadId);
+await app.amo.hooksSettled();
+const deal = await waitForDeal(student.userId, 142);
+console.log(`   платформа знает: сделка ${deal.lead_id} закрыта как «${deal.closed === 'won' ? 'успешно' : deal.closed}» (amocrm_student_deal), изменение в amocrm.deal_changes`);
+
 say(`Сервер продолжает работать. Вторая студентка (${second.userId}) ещё не начинала: её урок 67 через вебхук (формат Database Webhook Supabase):`);
 console.log(`curl -s -X POST ${app.url}/api/amocrm/lesson-completed \\
   -H 'content-type: application/json' -H 'x-webhook-secret: ${LOCAL.webhookSecret}' \\
   -d '{"type":"INSERT","table":"lesson_progress","schema":"public","record":{"user_id":"${second.userId}","lesson_id":67},"old_record":null}'`);
 console.log(`curl -s -H 'authorization: Bearer ${LOCAL.replayToken}' ${app.url}/api/amocrm/status`);
 console.log('Ctrl+C — остановить.');
+
+/** Polls "where is the student's deal now" until the mirror shows the stage (the hook is applied after its answer). */
+async function waitForDeal(userId: string, statusId: number): Promise<StudentDeal> {
+  const deadline = Date.now() + 10_000;
+  while (true) {
+    const deal = await studentDeal(app.db, userId);
+    if (deal.status_id === statusId || Date.now() > deadline) return deal;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
 
 const stop = async () => {
   await app.close();

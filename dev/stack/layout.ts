@@ -21,7 +21,11 @@ export const LOCAL_LAYOUT: StackLayout = {
 };
 
 /** Local-only secrets, documented in the README; never used outside this machine. */
-export const LOCAL_SECRETS = { webhookSecret: 'local-demo-webhook-secret', replayToken: 'local-demo-replay-token' };
+export const LOCAL_SECRETS = {
+  webhookSecret: 'local-demo-webhook-secret',
+  replayToken: 'local-demo-replay-token',
+  hookSecret: 'local-demo-hook-secret-0123456789',
+};
 
 export function addPipelines(amo: AmoStandin, { pipelineId, otherPipelineId, stages }: StackLayout): void {
   amo.addPipeline({

@@ -170,10 +170,11 @@ export function amoResources(http: AmoHttp) {
     },
 
     /** One page of the events feed since `from` (unix seconds); 204 means nothing (more). */
-    async listEvents(q: { type: string; from: number; page: number; limit?: number }): Promise<{ events: AmoEvent[]; more: boolean }> {
+    async listEvents(q: { type: string; from: number; to: number; page: number; limit?: number }): Promise<{ events: AmoEvent[]; more: boolean }> {
+      // A closed window: the feed pages newest first, so new events would shift the pages.
       const res = await http.request({
         method: 'GET', path: '/api/v4/events',
-        query: [['filter[type]', q.type], ['filter[created_at][from]', q.from], ['limit', q.limit ?? 100], ['page', q.page]],
+        query: [['filter[type]', q.type], ['filter[created_at][from]', q.from], ['filter[created_at][to]', q.to], ['limit', q.limit ?? 100], ['page', q.page]],
       });
       if (!res.data) return { events: [], more: false };
       return { events: (res.data._embedded?.events ?? []) as AmoEvent[], more: Boolean(res.data._links?.next) };

@@ -37,7 +37,7 @@ export async function reconcileFeed(rt: Runtime, { maxPages = 5 } = {}): Promise
     }
     let result;
     try {
-      result = await amo.listEvents({ type: 'lead_status_changed', from, page, limit: 100 });
+      result = await amo.listEvents({ type: 'lead_status_changed', from, to: now, page, limit: 100 });
     } catch (err) {
       if (err instanceof AmoError && err.code === 'no_spare_capacity') {
         report.stoppedBy = 'no_spare_capacity';
@@ -54,8 +54,9 @@ export async function reconcileFeed(rt: Runtime, { maxPages = 5 } = {}): Promise
     for (const e of result.events) newest = Math.max(newest, Number(e.created_at) || 0);
     if (!result.more) break;
   }
-  // Forward only. Read in full: up to now (less the overlap); cut short: up to the newest seen.
-  const next = report.stoppedBy === 'done' ? Math.max(newest, now - OVERLAP_SECONDS) : newest;
+  // Forward only. Read in full: up to now (less the overlap). Cut short: the pages run
+  // newest first, so what is left is older than what was read: keep the cursor for it.
+  const next = report.stoppedBy === 'done' ? Math.max(newest, now - OVERLAP_SECONDS) : cursor;
   if (next > cursor || stored === null) await putFeedCursor(db, next);
   report.cursor = Math.max(next, cursor);
   return report;
