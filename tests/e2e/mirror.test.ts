@@ -7,6 +7,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { handleCrmEvents } from '../../lib/http/crm-events.ts';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
 import { applyPendingDeliveries } from '../../lib/mirror/apply.ts';
+import { reconcileFeed } from '../../lib/mirror/feed.ts';
 import { usingPostgres } from '../helpers/db.ts';
 import { createStack, dbWebhookBody, PIPELINE, STAGE, type Stack } from '../helpers/stack.ts';
 
@@ -110,6 +111,31 @@ describe('a hook moves the mirror', () => {
     await post(statusHook({ id: 77_000_001, status_id: 9, pipeline_id: 999, old_pipeline_id: 999, old_status_id: 8, last_modified: 1_800_000_500 }));
     await applyPendingDeliveries(s.rt);
     expect(await s.t.sql(`select 1 from amocrm.deals where lead_id = 77000001`)).toEqual([]);
+  });
+});
+
+describe('nothing missed for long: the events feed', () => {
+  it('with the hooks switched off, the feed fills in a won deal; the late hook adds nothing', async () => {
+    const st = await knownStudent('feed@mirror.kz');
+    s.amo.hooksOff();
+    s.amo.managerWin(st.leadId);
+    expect(await grants(st.leadId)).toEqual([]);
+
+    const report = await reconcileFeed(s.rt);
+    expect(report.changed).toBeGreaterThanOrEqual(1);
+    expect(await s.t.db.rpc('amocrm_student_deal', { p_user_id: st.userId })).toMatchObject({ status_id: 142, closed: 'won' });
+    expect(await history(st.leadId)).toEqual([{ status_id: 142, old_status_id: STAGE.lesson3, source: 'feed' }]);
+    expect(await grants(st.leadId)).toHaveLength(1);
+
+    // The hook that went missing turns up after all (amoCRM retries): recorded once.
+    const lead = s.amo.lead(st.leadId)!;
+    await post(statusHook({ id: st.leadId, status_id: 142, old_status_id: STAGE.lesson3, last_modified: lead.updatedAt }));
+    await applyPendingDeliveries(s.rt);
+    expect(await history(st.leadId)).toHaveLength(1);
+    expect(await grants(st.leadId)).toHaveLength(1);
+    // A second read of the feed over the same window changes nothing either.
+    expect((await reconcileFeed(s.rt)).changed).toBe(0);
+    s.amo.hooksOn();
   });
 });
 
