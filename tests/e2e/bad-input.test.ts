@@ -278,7 +278,7 @@ const replayCases = (): Case[] => {
     c('100 000 levels of [ (over the size limit)', replayReq(`${'['.repeat(100_000)}${']'.repeat(100_000)}`), 413, /larger than \d+ bytes/),
     c('5 MB body', replayReq(FIVE_MB), 413, /larger than \d+ bytes/),
     // wrong shape
-    bad('{}', {}, /ids or status/),
+    bad('{}', {}, /say which events: "ids".*"status": one of failed, dead, parked, skipped/),
     bad('ids and status', { ids: [failedEventId], status: 'failed' }, /ids or status/),
     bad('ids empty', { ids: [] }, /^ids.*at least one/),
     bad('ids as strings', { ids: ['67'] }, /^ids/),
@@ -317,7 +317,7 @@ const replayCases = (): Case[] => {
     bad('unknown key', { status: 'failed', bogus: 1 }, /bogus/),
     bad('email key with SQL', { status: 'failed', email: SQL_META }, /email/),
     bad('__proto__ key', '{"status":"failed","__proto__":{"force":true,"dryRun":false}}', /__proto__/),
-    bad('__proto__ carrying ids', `{"__proto__":{"ids":[${failedEventId || 1}]}}`, /__proto__|ids or status/),
+    bad('__proto__ carrying ids', `{"__proto__":{"ids":[${failedEventId || 1}]}}`, /__proto__|say which events/),
     bad('constructor key', { status: 'failed', constructor: { prototype: { force: true } } }, /constructor/),
   ];
 };
@@ -385,7 +385,7 @@ beforeAll(async () => {
   await s.t.sql(`update amocrm.sync_events set status = 'failed', retryable = false, last_error_code = 'contact_not_found' where id = $1`, [failedEventId]);
   const [tokens] = await s.t.sql(`select value->>'access_token' as access, value->>'refresh_token' as refresh from amocrm.system_settings where key = 'amocrm_tokens'`);
   secrets = [WEBHOOK_SECRET, Buffer.from(WEBHOOK_SECRET.slice(6), 'base64').toString(), REPLAY_TOKEN, 'standin-client-secret', tokens!.access, tokens!.refresh];
-  expect(secrets.every((x) => typeof x === 'string' && x.length >= 16)).toBe(true);
+  expect(secrets.filter((x) => typeof x === 'string' && x.length >= 16)).toHaveLength(6);
   Object.assign(before, await countRows());
   s.amo.resetCounts();
 }, 60_000);

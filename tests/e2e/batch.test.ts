@@ -2,6 +2,7 @@
 // with the same forward-only decisions as one event at a time.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { runSweep } from '../../lib/sync/sweep.ts';
+import { endRatePause, ratePause } from '../helpers/rate-pause.ts';
 import { createStack, STAGE, type Stack } from '../helpers/stack.ts';
 
 let s: Stack;
@@ -10,6 +11,7 @@ afterAll(async () => { await s.close(); });
 beforeEach(async () => {
   s.amo.resetCounts(); s.amo.clearFaults(); s.log.lines.length = 0;
   await s.t.sql(`update amocrm.sync_events set status = 'done', lease_holder = null where status <> 'done'`);
+  await endRatePause(s.t.sql);
 });
 
 /** Students whose lesson 67 is done and whose deal the sync remembers. */
@@ -74,17 +76,50 @@ describe('batched scheduled run', () => {
     expect(s.amo.counts().byRoute['PATCH /api/v4/leads/:id']).toBe(3);
   });
 
-  it('a 429 on the batch read leaves every event of the batch retryable, and nothing moved', async () => {
+  it('a 429 on the batch read leaves every event of the batch retryable, nothing moved, and pauses every caller for amoCRM\'s 30 s', async () => {
     const students = await knownStudents(4, 'limited');
     for (const st of students) await s.complete(st.userId, 68);
     await due();
     s.amo.inject('GET /api/v4/leads', { status: 429, body: { status: 429, title: 'Too Many Requests', retry_after: 30 } });
     const report = await sweep();
     expect(report.outcomes).toEqual({ retry: 4 });
-    const rows = await s.t.sql(`select status, retryable, extract(epoch from next_attempt_at - now()) as wait from amocrm.sync_events e join auth.users u on u.id = e.user_id where u.email like 'limited%'`);
-    expect(rows.every((r) => r.status === 'failed' && r.retryable && Number(r.wait) >= 25)).toBe(true);
-    expect(students.every((st) => s.amo.lead(st.leadId)!.statusId === STAGE.lesson1)).toBe(true);
+    expect(s.amo.counts().total).toBe(1); // the read, refused: the batch stopped there
+    // The wait as the outcome set it (next_attempt_at and updated_at come from one statement).
+    const events = () => s.t.sql(`select status, retryable, attempts, extract(epoch from next_attempt_at - updated_at)::float8 as wait
+                                    from amocrm.sync_events e join auth.users u on u.id = e.user_id where u.email like 'limited%'`);
+    const rows = await events();
+    expect(rows).toHaveLength(4);
+    for (const r of rows) {
+      expect(r).toMatchObject({ status: 'failed', retryable: true, attempts: 1 });
+      expect(r.wait).toBeGreaterThanOrEqual(30);
+    }
+    const stages = () => students.map((st) => s.amo.lead(st.leadId)!.statusId);
+    expect(stages()).toEqual(students.map(() => STAGE.lesson1));
+    const pause = await ratePause(s.t.sql);
+    expect(pause.setMs).toBeGreaterThanOrEqual(30_000);
+    expect(pause.leftMs).toBeGreaterThan(0);
+
+    // The next scheduled run makes no amoCRM call: the events are not due yet…
+    s.amo.resetCounts();
+    expect((await sweep()).claimed).toBe(0);
+    // …and once due, the shared pause holds them back untried (the attempt does not count).
     await s.t.sql(`update amocrm.sync_events set next_attempt_at = now() where status = 'failed'`);
+    const paused = await sweep();
+    // Each given back untried at most once (or left unclaimed): a run that re-claimed them
+    // through the pause would spin on the database until its budget ran out.
+    expect(paused.outcomes.deferred ?? 0, 'deferrals in one run while paused').toBeLessThanOrEqual(4);
+    expect(Object.keys(paused.outcomes).filter((k) => k !== 'deferred')).toEqual([]);
+    expect(s.amo.counts().total).toBe(0);
+    const held = await events();
+    expect(held).toHaveLength(4);
+    for (const r of held) expect(r).toMatchObject({ status: expect.stringMatching(/^(pending|failed)$/), attempts: 1 });
+    expect(stages()).toEqual(students.map(() => STAGE.lesson1));
+
+    // amoCRM's time has passed: one read, one PATCH, all four moved.
+    await endRatePause(s.t.sql);
+    await due();
     expect((await sweep()).outcomes).toEqual({ done: 4 });
-  });
+    expect(stages()).toEqual(students.map(() => STAGE.lesson2));
+    expect([s.amo.counts().byRoute['GET /api/v4/leads'], s.amo.counts().patches, s.amo.counts().tooMany]).toEqual([1, 1, 0]);
+  }, 60_000);
 });

@@ -51,7 +51,7 @@ describe('amocrm_take_rate_slot', () => {
   it('spaces successive slots by 1000/rate ms', async () => {
     const slots: Timed[] = [];
     for (let i = 0; i < 5; i += 1) slots.push(await take(5, 10_000));
-    expect(slots.every((s) => s.granted)).toBe(true);
+    expect(slots.map((s) => s.granted)).toEqual([true, true, true, true, true]);
     // The idle limiter grants the first slot at once, with no burst credit for the idle
     // time: the second waits a whole interval less the time the calls took (expectSpaced
     // measures that time instead of assuming it is small).
@@ -69,13 +69,16 @@ describe('amocrm_take_rate_slot', () => {
   });
 
   it('refuses beyond p_max_wait_ms and reserves nothing', async () => {
+    // The queue pinned 10 s ahead: the refusals below hold however slowly the calls come.
+    await t.sql(`update amocrm.rate_limiter set next_free_at = clock_timestamp() + interval '10 seconds'`);
     const slots: Timed[] = [];
-    for (let i = 0; i < 4; i += 1) slots.push(await take(5, 10_000));
+    for (let i = 0; i < 4; i += 1) slots.push(await take(5, 60_000));
+    expect(slots.map((s) => s.granted)).toEqual([true, true, true, true]);
     const reservedUntil = await nextFreeAt();
 
-    const refused = await take(5, 100);
+    const refused = await take(5, 1000);
     expect(refused.granted).toBe(false);
-    expect(refused.wait_ms).toBeGreaterThan(100);
+    expect(refused.wait_ms).toBeGreaterThan(1000);
     expect(await nextFreeAt()).toBe(reservedUntil);
 
     // Several refusals in a row still reserve nothing.
@@ -83,7 +86,7 @@ describe('amocrm_take_rate_slot', () => {
     expect(await nextFreeAt()).toBe(reservedUntil);
 
     // The next granted caller gets the slot right after the last granted one, not later.
-    const next = await take(5, 10_000);
+    const next = await take(5, 60_000);
     expect(next.granted).toBe(true);
     expect(next.wait_ms).toBeLessThanOrEqual(slots[3]!.wait_ms + 200 + 1);
     expect(next.wait_ms).toBeGreaterThanOrEqual(slots[3]!.wait_ms + 200 - (next.receivedAt - slots[3]!.sentAt) - 1);
@@ -91,10 +94,15 @@ describe('amocrm_take_rate_slot', () => {
   });
 
   it('grants a wait within p_max_wait_ms and refuses one beyond it', async () => {
-    // Pin the next free slot 1.5 s ahead of "now" as the function will see it.
-    await t.sql(`update amocrm.rate_limiter set next_free_at = clock_timestamp() + interval '1500 milliseconds'`);
-    expect(await take(5, 60_000)).toMatchObject({ granted: true });
-    expect((await take(5, 1000)).granted).toBe(false);
+    // The next free slot pinned 30 s ahead: the second call is refused unless it comes over
+    // 20 s after the first, so the outcome does not depend on how fast this machine is.
+    await t.sql(`update amocrm.rate_limiter set next_free_at = clock_timestamp() + interval '30 seconds'`);
+    const granted = await take(5, 60_000);
+    expect(granted.granted).toBe(true);
+    expect(granted.wait_ms).toBeLessThanOrEqual(30_000 + 1);
+    const refused = await take(5, 10_000);
+    expect(refused.granted).toBe(false);
+    expect(refused.wait_ms).toBeGreaterThan(10_000);
   });
 
   it('rejects a rate that is not positive', async () => {
