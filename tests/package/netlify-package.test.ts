@@ -39,7 +39,7 @@ afterAll(() => {
 
 describe('packaged as Netlify packages them', () => {
   it('packages every function in the functions directory as a v2 function traced by nft', () => {
-    expect(sourceNames).toEqual(['amocrm-drain-background', 'amocrm-lesson-completed', 'amocrm-replay', 'amocrm-status', 'amocrm-sweep']);
+    expect(sourceNames).toEqual(['amocrm-console', 'amocrm-crm-events', 'amocrm-drain-background', 'amocrm-lesson-completed', 'amocrm-replay', 'amocrm-status', 'amocrm-sweep']);
     expect([...packages.keys()].sort()).toEqual(sourceNames);
     for (const p of packages.values()) {
       expect([p.name, p.result.runtimeAPIVersion, p.result.bundler]).toEqual([p.name, 2, 'nft']);
@@ -53,18 +53,21 @@ describe('packaged as Netlify packages them', () => {
 
   it('reads each function\'s config as Netlify routes and schedules it', () => {
     const routing = Object.fromEntries([...packages.values()].map((p) => [p.name, {
-      paths: (p.result.routes ?? []).map((r) => ('literal' in r ? r.literal : r.expression)),
+      paths: (p.result.routes ?? []).map((r) => r.pattern),
       methods: (p.result.routes ?? []).flatMap((r) => r.methods ?? []),
       schedule: p.result.schedule,
       mode: p.result.invocationMode,
     }]));
     expect(routing).toEqual({
-      // Background (15 min, the caller gets 202 at once) by its -background suffix.
+      'amocrm-console': { paths: ['/api/amocrm/console', '/api/amocrm/console/:view', '/api/amocrm/console/:view/:id'], methods: [], schedule: undefined, mode: 'stream' },
+      'amocrm-crm-events': { paths: ['/api/amocrm/crm-events/:secret'], methods: [], schedule: undefined, mode: 'stream' },
+      // v2 functions answer as a stream; the drainer is a background one (15 min, the caller
+      // gets 202 at once) by its -background suffix.
       'amocrm-drain-background': { paths: [], methods: [], schedule: undefined, mode: 'background' },
-      'amocrm-lesson-completed': { paths: ['/api/amocrm/lesson-completed'], methods: [], schedule: undefined, mode: undefined },
-      'amocrm-replay': { paths: ['/api/amocrm/replay'], methods: [], schedule: undefined, mode: undefined },
-      'amocrm-status': { paths: ['/api/amocrm/status'], methods: [], schedule: undefined, mode: undefined },
-      'amocrm-sweep': { paths: [], methods: [], schedule: '*/2 * * * *', mode: undefined },
+      'amocrm-lesson-completed': { paths: ['/api/amocrm/lesson-completed'], methods: [], schedule: undefined, mode: 'stream' },
+      'amocrm-replay': { paths: ['/api/amocrm/replay'], methods: [], schedule: undefined, mode: 'stream' },
+      'amocrm-status': { paths: ['/api/amocrm/status'], methods: [], schedule: undefined, mode: 'stream' },
+      'amocrm-sweep': { paths: [], methods: [], schedule: '*/2 * * * *', mode: 'stream' },
     });
   });
 
