@@ -4,7 +4,8 @@
 //   ✅ <check>: <detail>      ⚠️ <check>: <detail>      ❌ <check>: <detail> → <what to do>
 // A result never carries a secret: tokens, the client secret, the service key and the
 // webhook secret appear as "set"/"missing" or a length; the webhook secret is compared
-// through the sha256 the database reports (amocrm_doctor_facts), never read back.
+// through the sha256 the database reports (amocrm_doctor_facts), never read back. The
+// amoCRM hook's URL carries AMOCRM_HOOK_SECRET: it is shown masked (lib/ops/webhooks.ts).
 import { createHash } from 'node:crypto';
 import { AmoError } from './amocrm/errors.ts';
 import { LOST_STATUS_ID, WON_STATUS_ID, type Pipeline } from './amocrm/resources.ts';
@@ -16,9 +17,11 @@ import { memoryLogger, redact } from './log.ts';
 import { errorText } from './ops/failure.ts';
 import { DAY_MS, inWords, iso } from './ops/time-words.ts';
 import { EXAMPLE_SUBDOMAIN, exampleHostOf, OAUTH_VARS, STAGE_VARS, URL_VARS } from './ops/variables.ts';
+import { assessHooks, deploymentSite, HOOK_PATH, HOOK_SETTINGS, MASK, maskDestination, REENABLE, shownDestination, staleLine, TURN_ON } from './ops/webhooks.ts';
 import { buildRuntime, type Runtime } from './runtime.ts';
 
-export type CheckStatus = 'ok' | 'warn' | 'fail';
+/** info: a choice worth knowing about (an optional part switched off), not a problem. */
+export type CheckStatus = 'ok' | 'info' | 'warn' | 'fail';
 
 export interface CheckResult {
   status: CheckStatus;
@@ -71,7 +74,7 @@ export interface DoctorFacts {
   events: Record<string, number>;
 }
 
-export const MARK: Record<CheckStatus, string> = { ok: '✅', warn: '⚠️', fail: '❌' };
+export const MARK: Record<CheckStatus, string> = { ok: '✅', info: 'ℹ️', warn: '⚠️', fail: '❌' };
 
 /** The one printed line of a result (redacted once more, as a safety net). */
 export function formatCheck(r: CheckResult): string {
@@ -285,6 +288,18 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     accountAnswered = await checkAmo(runtime, add);
   }
 
+  // --- 6. amoCRM's hook: the reverse direction ---------------------------------------------
+  if (!badVars.has('AMOCRM_HOOK_SECRET')) {
+    const hookSecret = raw.AMOCRM_HOOK_SECRET?.trim();
+    if (!hookSecret) {
+      add('info', 'amoCRM hook', `off: AMOCRM_HOOK_SECRET is not set, so changes made in amoCRM (a deal won, lost or moved by hand) do not reach the platform; to turn it on: ${TURN_ON}`);
+    } else if (!runtime || !accountAnswered) {
+      add('warn', 'amoCRM hook', 'not checked: amoCRM was not reached (see above)');
+    } else {
+      await checkHook(runtime, raw, facts, hookSecret, add);
+    }
+  }
+
   // .env.example's subdomain may well be the real account: doubt it only while amoCRM
   // has not answered for it.
   if (raw.AMOCRM_SUBDOMAIN?.trim().toLowerCase() === EXAMPLE_SUBDOMAIN && isBlank(raw.AMOCRM_BASE_URL) && !accountAnswered) {
@@ -451,6 +466,48 @@ function checkTokens(facts: DoctorFacts, raw: Record<string, string | undefined>
     add('ok', 'tokens', `oauth, ${access}, refresh token stored${Number.isFinite(updated) ? `, updated ${iso(updated)}` : ''}`);
   }
   return true;
+}
+
+/**
+ * amoCRM has a hook at exactly this deployment's crm-events URL, enabled, carrying
+ * status_lead. Every line shows the URL with the secret masked.
+ */
+async function checkHook(runtime: Runtime, raw: Record<string, string | undefined>, facts: DoctorFacts | undefined, secret: string, add: Add): Promise<void> {
+  const scrub = (text: string) => text.split(secret).join(MASK);
+  const check = (status: CheckStatus, detail: string, fix?: string) => add(status, 'amoCRM hook', scrub(detail), fix && scrub(fix));
+  const site = deploymentSite(raw, facts?.webhook);
+  if ('problem' in site) {
+    check('fail', `${site.problem}: the hook's URL is <site>${HOOK_PATH}<AMOCRM_HOOK_SECRET>`, site.fix);
+    return;
+  }
+  const shown = shownDestination(site.site);
+  let hooks;
+  try {
+    hooks = await runtime.invocation(10_000).amo.listWebhooks();
+  } catch (err) {
+    if (err instanceof AmoError && err.details.status === 403) {
+      check('warn', `not checked: amoCRM answers 403 to GET /api/v4/webhooks (only an administrator's token may list hooks); check by hand in amoCRM → Settings → Integrations → Web hooks that ${shown} is there, enabled, with status_lead`);
+    } else {
+      check('fail', `GET /api/v4/webhooks failed: ${errorText(err)}`, 'retry; npm run amocrm -- webhooks list shows the hooks');
+    }
+    return;
+  }
+  const a = assessHooks(hooks, site.site, secret);
+  const stale = a.stale.length ? `; ${staleLine(a.stale, site.site).replace(/^⚠️ /, '')}` : '';
+  if (!a.ours) {
+    const others = hooks.length ? ` (the account has ${hooks.length}: ${hooks.map((h) => maskDestination(h.destination, [secret])).join(', ')})` : ' (the account has none)';
+    check('fail', `no hook points at this deployment, ${shown} (site from ${site.from})${others}: amoCRM's changes do not reach the platform${stale}`,
+      'npm run amocrm -- webhooks subscribe');
+  } else if (a.ours.disabled) {
+    check('fail', `the hook for ${shown} is disabled by amoCRM (more than 100 invalid answers within 2 hours): amoCRM's changes do not reach the platform${stale}`, REENABLE);
+  } else if (!a.ours.settings.includes('status_lead')) {
+    check('fail', `the hook for ${shown} does not carry status_lead (it has ${a.ours.settings.join(', ') || 'no events'}): stage changes are not sent`,
+      'npm run amocrm -- webhooks subscribe (adds the missing events)');
+  } else if (a.missing.length || stale) {
+    check('warn', `the hook for ${shown} is enabled with status_lead${a.missing.length ? `, but lacks ${a.missing.join(', ')}: run npm run amocrm -- webhooks subscribe to add them` : ''}${stale}`);
+  } else {
+    check('ok', `${shown} (site from ${site.from}) enabled, with ${HOOK_SETTINGS.filter((s) => a.ours!.settings.includes(s)).join(', ')}`);
+  }
 }
 
 /** Checks the account, pipeline and stages; returns whether the account answered. */

@@ -4,6 +4,7 @@ import type { CommandContext, CommandResult } from '../lib/ops/command.ts';
 import { findDealCommand } from '../lib/ops/find-deal.ts';
 import { pipelinesCommand } from '../lib/ops/pipelines.ts';
 import { exchangeCodeCommand, refreshCommand, storeLongLivedCommand } from '../lib/ops/tokens.ts';
+import { ACTIONS as WEBHOOK_ACTIONS, webhooksCommand } from '../lib/ops/webhooks.ts';
 import { redact } from '../lib/log.ts';
 import { parseCommandLine, runMain, UsageError } from './cli.ts';
 import { openTarget, requireDatabase, TARGET_OPTIONS, TARGET_USAGE } from './target.ts';
@@ -17,6 +18,9 @@ const USAGE = [
   '  exchange-code <code>      exchange an amoCRM authorization code for the first token pair and store it',
   '  store-long-lived <token>  store a long-lived token (private integration)',
   '  refresh                   refresh the token pair now',
+  '  webhooks list             the account\'s webhooks, this deployment\'s marked (secrets masked)',
+  '  webhooks subscribe        point amoCRM\'s stage-change hook at <site>/api/amocrm/crm-events/<AMOCRM_HOOK_SECRET>',
+  '  webhooks unsubscribe      remove this deployment\'s hook',
   '',
   'Options:',
   TARGET_USAGE,
@@ -25,12 +29,13 @@ const USAGE = [
 ].join('\n');
 
 /** Each command: what its one argument is (if it takes one), and how it runs. */
-const COMMANDS: Record<string, { argument?: string; run: (ctx: CommandContext, arg: string) => Promise<CommandResult> }> = {
+const COMMANDS: Record<string, { argument?: string; choices?: readonly string[]; run: (ctx: CommandContext, arg: string) => Promise<CommandResult> }> = {
   pipelines: { run: (ctx) => pipelinesCommand(ctx) },
   'find-deal': { argument: 'an e-mail', run: findDealCommand },
   'exchange-code': { argument: 'the authorization code', run: exchangeCodeCommand },
   'store-long-lived': { argument: 'the token', run: storeLongLivedCommand },
   refresh: { run: (ctx) => refreshCommand(ctx) },
+  webhooks: { argument: WEBHOOK_ACTIONS.join(', ').replace(/, (?=[^,]+$)/, ' or '), choices: WEBHOOK_ACTIONS, run: webhooksCommand },
 };
 
 await runMain(async () => {
@@ -44,12 +49,13 @@ await runMain(async () => {
   const command = COMMANDS[name];
   if (!command) throw new UsageError(`unknown command: ${name}`);
   if (command.argument && !arg) throw new UsageError(`${name} needs ${command.argument}`);
+  if (command.choices && !command.choices.includes(arg!)) throw new UsageError(`${name} ${arg}: expected ${command.argument}`);
   const unexpected = command.argument ? extra : [arg, ...extra].filter((a) => a !== undefined);
   if (unexpected.length) throw new UsageError(`unexpected argument(s) after ${name}: ${unexpected.join(' ')}`);
 
   const target = await openTarget(values);
   try {
-    const db = requireDatabase(target, `npm run amocrm -- ${name}${arg ? ' …' : ''} --embedded`);
+    const db = requireDatabase(target, `npm run amocrm -- ${name}${arg ? (command.choices ? ` ${arg}` : ' …') : ''} --embedded`);
     const result = await command.run({ db, env: target.env }, arg ?? '');
     for (const line of result.lines) console.log(redact(line));
     return result.exitCode;

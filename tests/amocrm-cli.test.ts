@@ -2,18 +2,23 @@
 // stages marked, find-deal explaining an over-matching search, exchange-code storing the
 // first pair and resuming parked events, refresh rotating once, store-long-lived; and no
 // printed line ever carries a token. The CLI itself: every way it can go wrong ends with
-// one ❌ line and an exit code, never a stack trace.
+// one ❌ line and an exit code, never a stack trace. `webhooks list|subscribe|unsubscribe`
+// manages amoCRM's hook for this deployment and never prints AMOCRM_HOOK_SECRET (nor anyone
+// else's secret in another hook's URL).
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LOCAL, startEmbedded, type Embedded } from '../dev/embedded.ts';
+import { startPostgrestStandin, type PostgrestStandin } from '../dev/postgrest-standin.ts';
 import type { CommandContext, CommandResult } from '../lib/ops/command.ts';
 import { findDealCommand } from '../lib/ops/find-deal.ts';
 import { pipelinesCommand } from '../lib/ops/pipelines.ts';
 import { exchangeCodeCommand, refreshCommand, storeLongLivedCommand } from '../lib/ops/tokens.ts';
+import { maskDestination, webhooksCommand } from '../lib/ops/webhooks.ts';
 import { memoryLogger } from '../lib/log.ts';
 import { CRASH_TRACE, emptyDirectory, lastLine, root, runScript, type CliRun } from './helpers/cli.ts';
+import { createStack, STAGE, type Stack } from './helpers/stack.ts';
 
 const TOKEN_SHAPED = /standin-(?:at|rt)-[0-9a-f]+|standin-client-secret|eyJ[A-Za-z0-9_-]{8,}/;
 const runCli = (args: string[], options: Parameters<typeof runScript>[2] = {}) => runScript('scripts/amocrm.ts', args, options);
@@ -269,6 +274,254 @@ describe('npm run amocrm: every failure ends with one ❌ line and an exit code'
       expectCleanEnd(run, 2, 'stderr', /^❌ the database URL must be a postgres:\/\/ URL \(got "https:\/\/example\.com\/db"\) → see the usage above$/);
     }, 60_000);
   });
+});
+
+describe('npm run amocrm -- webhooks', () => {
+  const SECRET = 'cli-hook-secret-5e0b7a1c9d3f2e4a6b8c';
+  /** Secrets in other integrations' hook URLs: not ours to print either. */
+  const PARTNER_TOKEN = 'partnerTokenValue9f8e7d6c5b4a';
+  const PARTNER_PATH_SECRET = 'ab12cd34ef56ab78cd90ef12';
+  const SETTINGS = ['status_lead', 'update_lead', 'delete_lead', 'restore_lead'];
+  let s: Stack;
+  let site: string;
+  let env: Record<string, string>;
+  const ours = () => `${site}/api/amocrm/crm-events/${SECRET}`;
+  const shown = () => `${site}/api/amocrm/crm-events/***`;
+  const printed: string[] = [];
+  const run = async (action: string, e: Record<string, string | undefined> = env) => {
+    const result = await webhooksCommand({ db: s.t.db, env: e }, action);
+    printed.push(...result.lines);
+    expect(result.lines.join('\n')).not.toContain(SECRET);
+    return result;
+  };
+  const posts = () => s.amo.counts().byRoute['POST /api/v4/webhooks'] ?? 0;
+
+  beforeAll(async () => {
+    s = await createStack({ env: { AMOCRM_HOOK_SECRET: SECRET } });
+    // As a deployed site has it: the lesson-completed webhook's URL names the site.
+    site = 'http://127.0.0.1:9'; // the discard port: nothing answers there, nothing is sent in these tests
+    await s.t.sql(`insert into amocrm.system_settings (key, value) values ('webhook_url', to_jsonb($1::text))
+      on conflict (key) do update set value = excluded.value`, [`${site}/api/amocrm/lesson-completed`]);
+    env = { ...s.env };
+  });
+  afterAll(async () => {
+    const text = printed.join('\n');
+    expect(text.length).toBeGreaterThan(0);
+    for (const secret of [SECRET, PARTNER_TOKEN, PARTNER_PATH_SECRET, 'pw-of-partner']) expect(text).not.toContain(secret);
+    await s?.close();
+  });
+
+  it('list with no hook: the count, then ❌ no hook for this deployment → subscribe; exit 1', async () => {
+    const result = await run('list');
+    expect(result.lines).toEqual([
+      `Webhooks of ${s.amo.url}: 0`,
+      `❌ no hook points at this deployment (${shown()}) → npm run amocrm -- webhooks subscribe`,
+    ]);
+    expect(result.exitCode).toBe(1);
+  });
+
+  it('subscribe: amoCRM gets the hook at <site>/api/amocrm/crm-events/<secret> with the four lead events; a second run changes nothing', async () => {
+    const first = await run('subscribe');
+    expect(first.exitCode).toBe(0);
+    expect(first.lines.at(-1)).toBe(`✅ subscribed ${shown()} (from webhook_url) to status_lead, update_lead, delete_lead, restore_lead (hook 1, enabled)`);
+    expect(s.amo.webhooks()).toMatchObject([{ destination: ours(), settings: SETTINGS, disabled: false }]);
+
+    const before = posts();
+    const again = await run('subscribe');
+    expect(again.exitCode).toBe(0);
+    expect(again.lines).toEqual([`✅ already subscribed: ${shown()} (hook 1, enabled) with status_lead, update_lead, delete_lead, restore_lead; nothing changed`]);
+    expect(posts()).toBe(before);
+  });
+
+  it('list: every hook of the account, ours marked, secret-looking parts of every URL masked, the disabled flag shown', async () => {
+    s.amo.subscribe(`https://partner.example/amo/hook?token=${PARTNER_TOKEN}&v=2`, ['add_contact']);
+    s.amo.subscribe(`https://user:pw-of-partner@crm.partner.example/in/${PARTNER_PATH_SECRET}/amocrm`, ['status_lead']);
+    s.amo.subscribe(`${site}/api/amocrm/crm-events/old-secret-0123456789abcdef`, ['status_lead']);
+    try {
+      const result = await run('list');
+      expect(result.lines).toEqual([
+        `Webhooks of ${s.amo.url}: 4`,
+        `  1      ${shown()}  [status_lead, update_lead, delete_lead, restore_lead]  enabled   ← this deployment`,
+        '  2      https://partner.example/amo/hook?token=***&v=***  [add_contact]  enabled',
+        '  3      https://***@crm.partner.example/in/***/amocrm  [status_lead]  enabled',
+        `  4      ${shown()}  [status_lead]  enabled   ← this site, another secret (stale)`,
+        `⚠️ 1 other hook(s) point at ${shown()} with another secret (an old AMOCRM_HOOK_SECRET?): they are answered 404 and amoCRM will disable them → delete them in amoCRM → Settings → Integrations → Web hooks`,
+        `✅ this deployment's hook (${shown()}) is enabled with status_lead, update_lead, delete_lead, restore_lead`,
+      ]);
+      expect(result.exitCode).toBe(0);
+      expect(result.lines.join('\n')).not.toContain('old-secret-0123456789abcdef');
+    } finally {
+      for (const h of s.amo.webhooks()) if (h.destination !== ours()) s.amo.unsubscribe(h.destination);
+    }
+  });
+
+  it('a hook someone trimmed: subscribe adds the missing events and keeps the ones added by hand', async () => {
+    s.amo.subscribe(ours(), ['status_lead', 'note_lead']);
+    const result = await run('subscribe');
+    expect(result.exitCode).toBe(0);
+    expect(s.amo.webhooks()).toMatchObject([{ destination: ours(), settings: ['status_lead', 'note_lead', 'update_lead', 'delete_lead', 'restore_lead'] }]);
+    expect(result.lines.at(-1)).toBe(`✅ subscribed ${shown()} (from webhook_url) to status_lead, note_lead, update_lead, delete_lead, restore_lead (hook 1, enabled)`);
+    s.amo.subscribe(ours(), SETTINGS);
+  });
+
+  it('Netlify\'s URL wins over webhook_url', async () => {
+    const result = await run('list', { ...env, URL: 'https://academy.example/' });
+    expect(result.lines.at(-1)).toBe('❌ no hook points at this deployment (https://academy.example/api/amocrm/crm-events/***) → npm run amocrm -- webhooks subscribe');
+    expect(result.lines[1]).toBe(`  1      ${shown()}  [status_lead, update_lead, delete_lead, restore_lead]  enabled`);
+  });
+
+  it('a token that is not an admin\'s (403): subscribe and list say what to do instead; exit 1', async () => {
+    s.amo.setAdminRights(false);
+    try {
+      const sub = await run('subscribe');
+      expect(sub.exitCode).toBe(1);
+      expect(sub.lines).toEqual([
+        `❌ amoCRM answered 403 to /api/v4/webhooks: managing webhooks needs an account administrator's token (or the account is blocked) → authorize the integration as an administrator (npm run amocrm -- exchange-code <code>), or add the hook by hand in amoCRM → Settings → Integrations → Web hooks: ${site}/api/amocrm/crm-events/ followed by the value of AMOCRM_HOOK_SECRET, events status_lead, update_lead, delete_lead, restore_lead`,
+      ]);
+      const list = await run('list');
+      expect(list.exitCode).toBe(1);
+      expect(list.lines.at(-1)).toMatch(/^❌ amoCRM answered 403 to \/api\/v4\/webhooks: .* or look at the hooks in amoCRM → Settings → Integrations → Web hooks$/);
+    } finally {
+      s.amo.setAdminRights(true);
+    }
+  });
+
+  it('unsubscribe removes only this deployment\'s hook; a second run says there is nothing to remove', async () => {
+    const other = `https://partner.example/amo/${PARTNER_PATH_SECRET}`;
+    s.amo.subscribe(other, ['status_lead']);
+    const first = await run('unsubscribe');
+    expect(first).toMatchObject({ exitCode: 0, lines: [`✅ unsubscribed: amoCRM no longer calls ${shown()}`] });
+    expect(s.amo.webhooks().map((h) => h.destination)).toEqual([other]);
+    const second = await run('unsubscribe');
+    expect(second).toMatchObject({ exitCode: 0, lines: [`✅ nothing to unsubscribe: no hook points at ${shown()}`] });
+    s.amo.unsubscribe(other);
+  });
+
+  it('a disabled hook: subscribe does not pretend, it says to find out why and re-enable it; exit 1', async () => {
+    // Disabled as amoCRM disables it: deliveries nobody answers. This stand-in disables after
+    // its default 100, so the flag is set through a hook the stand-in already failed on: a
+    // second stack with hookDisableAfter 0.
+    const strict = await createStack({ env: { AMOCRM_HOOK_SECRET: SECRET, URL: site }, standin: { hookDisableAfter: 0 } });
+    try {
+      const e = { ...strict.env };
+      expect((await webhooksCommand({ db: strict.t.db, env: e }, 'subscribe')).exitCode).toBe(0);
+      const student = await strict.addStudent('disabled.hook@example.com');
+      strict.amo.managerMove(student.leadId, { statusId: STAGE.lesson1 });
+      await strict.amo.hooksSettled();
+      expect(strict.amo.webhooks()[0]).toMatchObject({ destination: ours(), disabled: true });
+      const result = await webhooksCommand({ db: strict.t.db, env: e }, 'subscribe');
+      printed.push(...result.lines);
+      expect(result.exitCode).toBe(1);
+      expect(result.lines).toEqual([
+        `❌ the hook for ${shown()} exists but amoCRM disabled it → find out why it was answered with errors (npm run doctor, the crm-events function's log), then re-enable it in amoCRM → Settings → Integrations → Web hooks (or: npm run amocrm -- webhooks unsubscribe, then npm run amocrm -- webhooks subscribe)`,
+      ]);
+      const list = await webhooksCommand({ db: strict.t.db, env: e }, 'list');
+      printed.push(...list.lines);
+      expect(list.exitCode).toBe(1);
+      expect(list.lines.at(-2)).toBe(`  1      ${shown()}  [status_lead, update_lead, delete_lead, restore_lead]  DISABLED   ← this deployment`);
+      expect(list.lines.at(-1)).toMatch(new RegExp(`^❌ this deployment's hook \\(${shown().replace(/[.*/]/g, '\\$&')}\\) is disabled by amoCRM → find out why`));
+    } finally {
+      await strict.close();
+    }
+  });
+
+  it('what is missing is said, with what to do: no AMOCRM_HOOK_SECRET, no site address, a site amoCRM cannot reach', async () => {
+    const noSecret = { ...env, AMOCRM_HOOK_SECRET: undefined };
+    const sub = await run('subscribe', noSecret);
+    expect(sub).toMatchObject({ exitCode: 1, lines: ['❌ AMOCRM_HOOK_SECRET is not set: the hook\'s URL is <site>/api/amocrm/crm-events/<AMOCRM_HOOK_SECRET> → set AMOCRM_HOOK_SECRET (openssl rand -hex 24) in Netlify → Site configuration → Environment variables and .env, deploy, then run this again'] });
+    const list = await run('list', noSecret);
+    expect(list.exitCode).toBe(0);
+    expect(list.lines.at(-1)).toMatch(/^ℹ️ AMOCRM_HOOK_SECRET is not set: the reverse direction is off and none of these is this deployment's → to turn it on: /);
+
+    const badSecret = await run('subscribe', { ...env, AMOCRM_HOOK_SECRET: 'short' });
+    expect(badSecret).toMatchObject({ exitCode: 1, lines: [expect.stringMatching(/^❌ AMOCRM_HOOK_SECRET: 24–128 letters, digits, _ or - .*→ set it in the environment/)] });
+
+    await s.t.sql(`delete from amocrm.system_settings where key = 'webhook_url'`);
+    try {
+      const noSite = await run('subscribe');
+      expect(noSite).toMatchObject({ exitCode: 1, lines: ['❌ the site address is unknown: URL is not set and the database has no http(s) webhook_url → set URL=https://<site>.netlify.app in .env (Netlify sets it for the functions), or set webhook_url as npm run doctor says'] });
+      const notUrl = await run('subscribe', { ...env, URL: 'academy.example' });
+      expect(notUrl.lines).toEqual([expect.stringMatching(/^❌ URL is not an http\(s\) address \(15 chars\) → set URL to the site address/)]);
+    } finally {
+      await s.t.sql(`insert into amocrm.system_settings (key, value) values ('webhook_url', to_jsonb($1::text))`, [`${site}/api/amocrm/lesson-completed`]);
+    }
+
+    // The real amoCRM (no AMOCRM_BASE_URL) cannot call this machine: refused before any request.
+    const before = s.amo.counts().total;
+    const realAmo = { ...env, AMOCRM_BASE_URL: undefined, AMOCRM_SUBDOMAIN: 'academy' };
+    const local = await run('subscribe', realAmo);
+    expect(local).toMatchObject({ exitCode: 1, lines: [`❌ ${site} (from webhook_url) is this machine: amoCRM cannot call it → set URL to the deployed site, e.g. URL=https://<site>.netlify.app`] });
+    expect(s.amo.counts().total).toBe(before);
+  });
+
+  it('masking: secret-looking path segments, query values, user info and fragments; slugs of words stay', () => {
+    expect(maskDestination('https://site.example/api/amocrm/crm-events/abc', ['abc'])).toBe('https://site.example/api/amocrm/crm-events/***');
+    expect(maskDestination('https://site.example/hooks/amocrm-lesson-sync/receive')).toBe('https://site.example/hooks/amocrm-lesson-sync/receive');
+    expect(maskDestination('https://site.example/h/0f1e2d3c4b5a69788796a5b4')).toBe('https://site.example/h/***');
+    expect(maskDestination('https://site.example/h/AbCdEfGhIjKlMnOpQrSt')).toBe('https://site.example/h/***');
+    expect(maskDestination('https://u:p@site.example/h?k=v#frag')).toBe('https://***@site.example/h?k=***#***');
+    expect(maskDestination('not a url with a secret 0f1e2d3c4b5a6978')).toBe('(not a URL, 40 chars)');
+  });
+
+  describe('as its own process, against this stack through the Supabase Data API (a PostgREST stand-in)', () => {
+    let rest: PostgrestStandin;
+    let cliEnv: Record<string, string | undefined>;
+    const dir = emptyDirectory();
+    beforeAll(async () => {
+      rest = await startPostgrestStandin(s.t.db);
+      cliEnv = { ...env, SUPABASE_URL: rest.url, SUPABASE_SERVICE_ROLE_KEY: 'service-role-key-of-the-stand-in' };
+      for (const h of s.amo.webhooks()) s.amo.unsubscribe(h.destination);
+    });
+    afterAll(async () => {
+      dir.remove();
+      await rest?.close();
+    });
+    const cli = async (args: string[], e = cliEnv) => {
+      const result = await runCli(['webhooks', ...args], { cwd: dir.path, env: e });
+      expect(result.stdout + result.stderr).not.toContain(SECRET);
+      return result;
+    };
+
+    it('subscribe, list, 403, unsubscribe: one clear last line and an exit code each', async () => {
+      const sub = await cli(['subscribe']);
+      expectCleanEnd(sub, 0, 'stdout', new RegExp(`^✅ subscribed http://127\\.0\\.0\\.1:9/api/amocrm/crm-events/\\*\\*\\* \\(from webhook_url\\) to status_lead, update_lead, delete_lead, restore_lead \\(hook \\d+, enabled\\)$`));
+      expect(s.amo.webhooks()).toMatchObject([{ destination: ours(), settings: SETTINGS, disabled: false }]);
+
+      const list = await cli(['list']);
+      expectCleanEnd(list, 0, 'stdout', /^✅ this deployment's hook \(http:\/\/127\.0\.0\.1:9\/api\/amocrm\/crm-events\/\*\*\*\) is enabled with status_lead, update_lead, delete_lead, restore_lead$/);
+      expect(list.stdout).toMatch(/← this deployment$/m);
+
+      s.amo.setAdminRights(false);
+      try {
+        const forbidden = await cli(['unsubscribe']);
+        expectCleanEnd(forbidden, 1, 'stdout', /^❌ amoCRM answered 403 to \/api\/v4\/webhooks: managing webhooks needs an account administrator's token .* or delete the hook by hand in amoCRM → Settings → Integrations → Web hooks$/);
+      } finally {
+        s.amo.setAdminRights(true);
+      }
+      expect(s.amo.webhooks()).toHaveLength(1);
+
+      const unsub = await cli(['unsubscribe']);
+      expectCleanEnd(unsub, 0, 'stdout', /^✅ unsubscribed: amoCRM no longer calls http:\/\/127\.0\.0\.1:9\/api\/amocrm\/crm-events\/\*\*\*$/);
+      expect(s.amo.webhooks()).toEqual([]);
+    }, 180_000);
+
+    it('no AMOCRM_HOOK_SECRET: ❌ says how to set it, exit 1; a bad or missing subcommand: usage, exit 2', async () => {
+      const [noSecret, bogus, none] = await Promise.all([
+        cli(['subscribe'], { ...cliEnv, AMOCRM_HOOK_SECRET: undefined }),
+        cli(['bogus']),
+        cli([]),
+      ]);
+      expectCleanEnd(noSecret, 1, 'stdout', /^❌ AMOCRM_HOOK_SECRET is not set: .* → set AMOCRM_HOOK_SECRET \(openssl rand -hex 24\) .*then run this again$/);
+      expectCleanEnd(bogus, 2, 'stderr', /^❌ webhooks bogus: expected list, subscribe or unsubscribe → see the usage above$/);
+      expectCleanEnd(none, 2, 'stderr', /^❌ webhooks needs list, subscribe or unsubscribe → see the usage above$/);
+    }, 180_000);
+  });
+
+  it('--embedded: subscribe with this secret ends ✅, exit 0; the secret is not printed', async () => {
+    const run = await runCli(['webhooks', 'subscribe', '--embedded'], { env: { AMOCRM_HOOK_SECRET: SECRET } });
+    expectCleanEnd(run, 0, 'stdout', /^✅ (subscribed|already subscribed:) http:\/\/127\.0\.0\.1:\d+\/api\/amocrm\/crm-events\/\*\*\* /);
+    expect(run.stdout + run.stderr).not.toContain(SECRET);
+  }, 120_000);
 });
 
 describe('production code never loads the embedded stand-in', () => {

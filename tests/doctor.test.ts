@@ -2,6 +2,8 @@
 // ❌ line that names it (and exit code 1); the database facts never carry a secret; the
 // real CLI exits 0 / 1, ends with one summary line, never a stack trace, and prints
 // nothing token-shaped; a first run (no .env, or .env.example copied as is) is told what to do.
+// amoCRM's hook (the reverse direction): off is one ℹ️ line; on, the hook must point at exactly
+// this deployment's URL, be enabled and carry status_lead, and AMOCRM_HOOK_SECRET never shows.
 import { copyFileSync, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:net';
@@ -10,15 +12,17 @@ import { parseEnv } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPostgresDatabase } from '../dev/database.ts';
 import { LOCAL, startEmbedded, type Embedded } from '../dev/embedded.ts';
+import { webhooksCommand } from '../lib/ops/webhooks.ts';
 import { exitCodeOf, formatCheck, runDoctor, type CheckResult, type DoctorFacts } from '../lib/doctor.ts';
 import { memoryLogger } from '../lib/log.ts';
 import { CRASH_TRACE, emptyDirectory, lastLine, root, runScript } from './helpers/cli.ts';
 import { createTestDatabase, usingPostgres, type TestDatabase } from './helpers/db.ts';
+import { createStack, STAGE, type Stack } from './helpers/stack.ts';
 
 const TOKEN_SHAPED = /standin-(?:at|rt)-[0-9a-f]+|standin-client-secret|local-demo-webhook-secret|eyJ[A-Za-z0-9_-]{8,}/;
 const ALL_CHECKS = [
   'env', 'stage ids', 'OAuth', 'database', 'migrations', 'trigger', 'pg_net', 'webhook URL', 'webhook secret',
-  'lessons', 'RLS', 'outbox', 'tokens', 'amoCRM', 'pipeline',
+  'lessons', 'RLS', 'outbox', 'tokens', 'amoCRM', 'pipeline', 'amoCRM hook',
 ];
 
 const fails = (results: CheckResult[]) => results.filter((r) => r.status === 'fail');
@@ -41,7 +45,7 @@ describe('doctor on the embedded stack', () => {
     app = await startEmbedded({ log: memoryLogger(), latencyMs: [0, 0] });
     const { rows } = await app.pg.query<{ at: string; rt: string }>(
       `select value->>'access_token' as at, value->>'refresh_token' as rt from amocrm.system_settings where key = 'amocrm_tokens'`);
-    secrets = [rows[0]!.at, rows[0]!.rt, app.env.AMOCRM_CLIENT_SECRET!, app.env.AMOCRM_WEBHOOK_SECRET!];
+    secrets = [rows[0]!.at, rows[0]!.rt, app.env.AMOCRM_CLIENT_SECRET!, app.env.AMOCRM_WEBHOOK_SECRET!, ...(app.env.AMOCRM_HOOK_SECRET ? [app.env.AMOCRM_HOOK_SECRET] : [])];
     expect(secrets.every((s) => s.length >= 16)).toBe(true);
   });
   afterAll(async () => {
@@ -152,6 +156,7 @@ describe('doctor on the embedded stack', () => {
       const results = await runDoctor({ env: app.env, db: app.db });
       expect(fails(results).map((r) => r.check)).toEqual(['tokens']);
       expect(formatCheck(find(results, 'tokens')!)).toMatch(/refresh token revoked .*→ .*npm run amocrm -- exchange-code <code/);
+      expect(formatCheck(find(results, 'amoCRM hook')!)).toBe('⚠️ amoCRM hook: not checked: amoCRM was not reached (see above)');
       expect(app.amo.counts().total).toBe(before);
     } finally {
       await app.pg.query(`update amocrm.system_settings set value = value || '{"auth_state":"ok","auth_problem":null}'::jsonb where key = 'amocrm_tokens'`);
@@ -187,7 +192,8 @@ describe('doctor on the embedded stack', () => {
           ('webhook_url', to_jsonb('https://academy.example/api/amocrm/lesson-completed'::text)), ('webhook_secret', to_jsonb($1::text))
         on conflict (key) do update set value = excluded.value`, [app.env.AMOCRM_WEBHOOK_SECRET]);
       const dir = emptyDirectory();
-      const { code, out, last } = await runCli(['--database-url', created.url], app.env, dir.path).finally(dir.remove);
+      // The reverse direction off here: no hook can point at academy.example (ℹ️, not ❌).
+      const { code, out, last } = await runCli(['--database-url', created.url], without(app.env, 'AMOCRM_HOOK_SECRET'), dir.path).finally(dir.remove);
       expect(out).toMatch(/doctor — postgres \(PostgreSQL /);
       expect(out).not.toMatch(/❌|⚠️/);
       expect(out).toContain('✅ webhook URL: https://academy.example/api/amocrm/lesson-completed');
@@ -394,3 +400,146 @@ describe(`amocrm_doctor_facts on a bare database (${usingPostgres ? 'PostgreSQL'
     expect(lessons).toMatchObject({ status: 'warn', detail: expect.stringMatching(/public\.lessons not found/) });
   });
 });
+
+describe('doctor: amoCRM hook (the reverse direction)', () => {
+  const SECRET = 'doctor-hook-secret-7f3a9c0e5b1d4a6f8e2c';
+  /** Another deployment's old secret on the same site: must not be printed either. */
+  const OLD_SECRET = 'old-hook-secret-0a1b2c3d4e5f60718293';
+  let s: Stack;
+  let site: string;
+  let env: Record<string, string>;
+  const ours = () => `${site}/api/amocrm/crm-events/${SECRET}`;
+  const webhookCalls = () => s.amo.counts().byRoute['GET /api/v4/webhooks'] ?? 0;
+  const printed: string[] = [];
+
+  /** The doctor's one amoCRM hook result for `e`, its line remembered for the secret check. */
+  async function hookCheck(e: Record<string, string | undefined> = env) {
+    const results = await runDoctor({ env: e, db: s.t.db });
+    const hook = results.filter((r) => r.check === 'amoCRM hook');
+    expect(hook).toHaveLength(1);
+    printed.push(...results.map(formatCheck));
+    return { ...hook[0]!, line: formatCheck(hook[0]!) };
+  }
+
+  beforeAll(async () => {
+    // One invalid answer disables a hook here (amoCRM: more than 100 in 2 hours), so a hook
+    // that amoCRM disabled is arranged by a real failed delivery.
+    s = await createStack({ env: { AMOCRM_HOOK_SECRET: SECRET }, standin: { hookDisableAfter: 0 } });
+    // The site: a port nobody listens on, so deliveries to it fail as to a site that is down.
+    const probe = createServer();
+    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+    site = `http://127.0.0.1:${(probe.address() as { port: number }).port}`;
+    await new Promise<void>((resolve) => probe.close(() => resolve()));
+    await s.t.sql(`insert into amocrm.system_settings (key, value) values ('webhook_url', to_jsonb($1::text))
+      on conflict (key) do update set value = excluded.value`, [`${site}/api/amocrm/lesson-completed`]);
+    env = { ...s.env };
+    delete env.URL;
+  });
+  afterAll(async () => {
+    // Whatever a test left, no line the doctor printed carried a hook secret.
+    const text = printed.join('\n');
+    expect(text.length).toBeGreaterThan(0);
+    expect(text).not.toContain(SECRET);
+    expect(text).not.toContain(OLD_SECRET);
+    await s?.close();
+  });
+
+  it('AMOCRM_HOOK_SECRET unset: one ℹ️ line, the reverse direction is off and how to turn it on; amoCRM is not asked', async () => {
+    const before = webhookCalls();
+    const check = await hookCheck(without(env, 'AMOCRM_HOOK_SECRET'));
+    expect(check.status).toBe('info');
+    expect(check.line).toBe("ℹ️ amoCRM hook: off: AMOCRM_HOOK_SECRET is not set, so changes made in amoCRM (a deal won, lost or moved by hand) do not reach the platform; to turn it on: set AMOCRM_HOOK_SECRET (openssl rand -hex 24) in Netlify → Site configuration → Environment variables and .env, deploy, then npm run amocrm -- webhooks subscribe");
+    expect(webhookCalls()).toBe(before);
+  });
+
+  it('set, but no hook in amoCRM: ❌ with the masked URL and `webhooks subscribe`', async () => {
+    const check = await hookCheck();
+    expect(check.line).toBe(`❌ amoCRM hook: no hook points at this deployment, ${site}/api/amocrm/crm-events/*** (site from webhook_url) (the account has none): amoCRM's changes do not reach the platform → npm run amocrm -- webhooks subscribe`);
+  });
+
+  it('after `webhooks subscribe`: ✅ enabled with status_lead and the rest', async () => {
+    const sub = await webhooksCommand({ db: s.t.db, env }, 'subscribe');
+    expect(sub.exitCode).toBe(0);
+    printed.push(...sub.lines);
+    expect(s.amo.webhooks()).toMatchObject([{ destination: ours(), disabled: false, settings: ['status_lead', 'update_lead', 'delete_lead', 'restore_lead'] }]);
+    const check = await hookCheck();
+    expect(check.line).toBe(`✅ amoCRM hook: ${site}/api/amocrm/crm-events/*** (site from webhook_url) enabled, with status_lead, update_lead, delete_lead, restore_lead`);
+  });
+
+  it('Netlify\'s URL names another site: the hook must point at exactly that one, ❌ (the existing hook is listed, masked)', async () => {
+    const check = await hookCheck({ ...env, URL: 'https://academy.example' });
+    expect(check.line).toBe(`❌ amoCRM hook: no hook points at this deployment, https://academy.example/api/amocrm/crm-events/*** (site from URL) (the account has 1: ${site}/api/amocrm/crm-events/***): amoCRM's changes do not reach the platform → npm run amocrm -- webhooks subscribe`);
+  });
+
+  it('a hook without status_lead: ❌; with status_lead but not the rest: ⚠️; `webhooks subscribe` adds them back', async () => {
+    s.amo.subscribe(ours(), ['update_lead']);
+    expect((await hookCheck()).line).toBe(`❌ amoCRM hook: the hook for ${site}/api/amocrm/crm-events/*** does not carry status_lead (it has update_lead): stage changes are not sent → npm run amocrm -- webhooks subscribe (adds the missing events)`);
+    s.amo.subscribe(ours(), ['status_lead']);
+    const partial = await hookCheck();
+    expect(partial.status).toBe('warn');
+    expect(partial.line).toBe(`⚠️ amoCRM hook: the hook for ${site}/api/amocrm/crm-events/*** is enabled with status_lead, but lacks update_lead, delete_lead, restore_lead: run npm run amocrm -- webhooks subscribe to add them`);
+    expect((await webhooksCommand({ db: s.t.db, env }, 'subscribe')).exitCode).toBe(0);
+    expect((await hookCheck()).status).toBe('ok');
+  });
+
+  it('an old secret\'s hook on the same site: ⚠️ it is answered 404 and will be disabled (neither secret printed)', async () => {
+    const old = `${site}/api/amocrm/crm-events/${OLD_SECRET}`;
+    s.amo.subscribe(old, ['status_lead']);
+    try {
+      const check = await hookCheck();
+      expect(check.status).toBe('warn');
+      expect(check.line).toBe(`⚠️ amoCRM hook: the hook for ${site}/api/amocrm/crm-events/*** is enabled with status_lead; 1 other hook(s) point at ${site}/api/amocrm/crm-events/*** with another secret (an old AMOCRM_HOOK_SECRET?): they are answered 404 and amoCRM will disable them → delete them in amoCRM → Settings → Integrations → Web hooks`);
+    } finally {
+      s.amo.unsubscribe(old);
+    }
+  });
+
+  it('disabled by amoCRM after failed deliveries: ❌ says to find out why and re-enable it by hand; ✅ once re-enabled', async () => {
+    const student = await s.addStudent('hook.doctor@example.com');
+    s.amo.managerMove(student.leadId, { statusId: STAGE.lesson1 });
+    await s.amo.hooksSettled();
+    const attempts = s.amo.hookAttempts.filter((a) => a.destination === ours());
+    expect(attempts.length).toBeGreaterThan(0);
+    expect(attempts.every((a) => !a.ok)).toBe(true); // nobody listens at the site
+    expect(s.amo.webhooks().find((h) => h.destination === ours())?.disabled).toBe(true);
+
+    const check = await hookCheck();
+    expect(check.line).toBe(`❌ amoCRM hook: the hook for ${site}/api/amocrm/crm-events/*** is disabled by amoCRM (more than 100 invalid answers within 2 hours): amoCRM's changes do not reach the platform → find out why it was answered with errors (npm run doctor, the crm-events function's log), then re-enable it in amoCRM → Settings → Integrations → Web hooks (or: npm run amocrm -- webhooks unsubscribe, then npm run amocrm -- webhooks subscribe)`);
+    expect(exitCodeOf([check])).toBe(1);
+
+    s.amo.enableHook(ours());
+    expect((await hookCheck()).status).toBe('ok');
+  });
+
+  it('a token that may not list hooks (403): ⚠️ not checked, check by hand', async () => {
+    s.amo.setAdminRights(false);
+    try {
+      const check = await hookCheck();
+      expect(check.line).toBe(`⚠️ amoCRM hook: not checked: amoCRM answers 403 to GET /api/v4/webhooks (only an administrator's token may list hooks); check by hand in amoCRM → Settings → Integrations → Web hooks that ${site}/api/amocrm/crm-events/*** is there, enabled, with status_lead`);
+    } finally {
+      s.amo.setAdminRights(true);
+    }
+  });
+
+  it('no site address (no URL, no webhook_url): ❌ says to set URL', async () => {
+    await s.t.sql(`delete from amocrm.system_settings where key = 'webhook_url'`);
+    try {
+      const check = await hookCheck();
+      expect(check.line).toBe("❌ amoCRM hook: the site address is unknown: URL is not set and the database has no http(s) webhook_url: the hook's URL is <site>/api/amocrm/crm-events/<AMOCRM_HOOK_SECRET> → set URL=https://<site>.netlify.app in .env (Netlify sets it for the functions), or set webhook_url as npm run doctor says");
+    } finally {
+      await s.t.sql(`insert into amocrm.system_settings (key, value) values ('webhook_url', to_jsonb($1::text))`, [`${site}/api/amocrm/lesson-completed`]);
+    }
+  });
+
+  it('the CLI (--embedded) with another AMOCRM_HOOK_SECRET: ❌ amoCRM hook, exit 1, the secret nowhere in the output', async () => {
+    const { code, out, last } = await runCli(['--embedded'], { AMOCRM_HOOK_SECRET: SECRET });
+    expect(out).toMatch(/^❌ amoCRM hook: no hook points at this deployment, http:\/\/127\.0\.0\.1:\d+\/api\/amocrm\/crm-events\/\*\*\* \(site from webhook_url\).* → npm run amocrm -- webhooks subscribe$/m);
+    expect(last).toBe('❌ 1 problem(s) to fix.');
+    expect(code).toBe(1);
+    expect(out).not.toContain(SECRET);
+    expect(out).not.toContain(LOCAL_HOOK_SECRET_SHAPE);
+  }, 120_000);
+});
+
+/** Whatever the embedded stack's own hook secret is, the local demo's secrets all start so. */
+const LOCAL_HOOK_SECRET_SHAPE = 'local-demo-hook-secret';
