@@ -58,6 +58,14 @@ async function toRequest(req: IncomingMessage, origin: string): Promise<Request>
   return new Request(new URL(req.url ?? '/', origin), { method: req.method, headers, body });
 }
 
+function safeDecode(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
 /** Netlify's path patterns: literal segments and `:name` parameters. */
 function matchPath(pattern: string, path: string): Record<string, string> | undefined {
   const want = pattern.split('/');
@@ -65,7 +73,7 @@ function matchPath(pattern: string, path: string): Record<string, string> | unde
   if (want.length !== got.length) return undefined;
   const params: Record<string, string> = {};
   for (let i = 0; i < want.length; i++) {
-    if (want[i]!.startsWith(':')) params[want[i]!.slice(1)] = decodeURIComponent(got[i]!);
+    if (want[i]!.startsWith(':')) params[want[i]!.slice(1)] = safeDecode(got[i]!);
     else if (want[i] !== got[i]) return undefined;
   }
   return params;

@@ -39,7 +39,8 @@ const leadItem = z.object({
   last_modified: unix.optional(),
   updated_at: unix.optional(),
   modified_user_id: z.string().regex(/^\d{1,16}$/).transform(Number).optional(),
-  name: z.string().max(10_000).optional(),
+  // PostgreSQL text cannot hold a NUL: refuse it here, so the delivery is flagged, not lost.
+  name: z.string().max(10_000).refine((v) => !v.includes('\u0000'), 'contains a NUL character').optional(),
 });
 
 const account = z.object({

@@ -12,7 +12,7 @@ export function recordDelivery(db: Db, d: {
 }) {
   return db.rpc<{ id: number; duplicate: boolean }>('amocrm_record_delivery', {
     // An empty list would be ambiguous for the jsonb argument (see port.ts): null means none.
-    p_request_id: d.requestId, p_body: d.body, p_body_bytes: d.bodyBytes, p_changes: d.changes.length ? d.changes : null,
+    p_request_id: d.requestId ?? null, p_body: d.body, p_body_bytes: d.bodyBytes, p_changes: d.changes.length ? d.changes : null,
     p_status: d.status, p_problem: d.problem, p_account_id: d.accountId, p_subdomain: d.subdomain,
   });
 }

@@ -22,19 +22,22 @@ export const handleCrmEvents = endpoint({
   usage: 'amoCRM posts its account webhooks here (application/x-www-form-urlencoded)',
   async handle(req, rt, context) {
     const { secret, subdomain, accountId } = rt.config.hooks;
-    const offered = context.params?.secret ?? decodeURIComponent(new URL(req.url).pathname.split('/').at(-1) ?? '');
+    const offered = context.params?.secret ?? safeDecode(new URL(req.url).pathname.split('/').at(-1) ?? '');
     if (!secret) return errorResponse(404, 'not found');
     if (!safeEqual(offered, secret)) return errorResponse(404, 'not found');
 
-    const body = await readBody(req, BODY_LIMIT_BYTES);
-    const bodyBytes = Buffer.byteLength(body);
+    const raw = await readBody(req, BODY_LIMIT_BYTES);
+    const bodyBytes = Buffer.byteLength(raw);
+    // PostgreSQL text cannot hold a NUL byte: keep the body with it replaced, and flag it.
+    const body = raw.replaceAll('\u0000', '\uFFFD');
     let changes: LeadChange[] = [];
     let account: { id?: number; subdomain?: string } = {};
     let status: DeliveryStatus = 'pending';
     let problem: string | undefined;
     try {
-      ({ changes, account } = parseHookBody(body));
-      if (!account.subdomain && account.id === undefined) problem = 'no account[subdomain] or account[id] in the delivery';
+      ({ changes, account } = parseHookBody(raw));
+      if (raw !== body) problem = 'a NUL byte in the body';
+      else if (!account.subdomain && account.id === undefined) problem = 'no account[subdomain] or account[id] in the delivery';
       else if (subdomain && account.subdomain && account.subdomain.toLowerCase() !== subdomain) problem = `another account: ${account.subdomain}`;
       else if (accountId !== undefined && account.id !== undefined && account.id !== accountId) problem = `another account id: ${account.id}`;
       else if (bodyBytes > KEPT_BYTES) problem = `body of ${bodyBytes} bytes: larger than any amoCRM delivery`;
@@ -46,7 +49,7 @@ export const handleCrmEvents = endpoint({
       problem = err.message;
     }
     const recorded = await recordDelivery(rt.db, {
-      requestId: req.headers.get('x-amocrm-requestid') ?? undefined, body, bodyBytes,
+      requestId: requestIdOf(req.headers), body, bodyBytes,
       changes: status === 'pending' ? changes : [], status, problem, accountId: account.id, subdomain: account.subdomain,
     });
     if (status === 'flagged') {
@@ -61,3 +64,18 @@ export const handleCrmEvents = endpoint({
     return json(200, { ok: true, delivery_id: recorded.id, status, duplicate: recorded.duplicate });
   },
 });
+
+/** A path segment as sent; malformed percent-encoding is compared as it came (and fails). */
+function safeDecode(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
+/** amoCRM's X-Amocrm-Requestid is a UUID; anything else is not used to recognise a retry. */
+function requestIdOf(headers: Headers): string | undefined {
+  const id = headers.get('x-amocrm-requestid')?.trim();
+  return id && /^[A-Za-z0-9_.:-]{1,100}$/.test(id) ? id : undefined;
+}

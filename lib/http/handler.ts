@@ -27,7 +27,11 @@ export interface EndpointSpec {
 export function endpoint(spec: EndpointSpec): (req: Request, runtime: RuntimeSource, context?: FunctionContext) => Promise<Response> {
   return async (req, runtime, context = {}) => {
     try {
-      if (!spec.methods.includes(req.method)) return errorResponse(405, spec.usage, { allow: spec.methods.join(', ') });
+      if (!spec.methods.includes(req.method)) {
+        const res = errorResponse(405, spec.usage, { allow: spec.methods.join(', ') });
+        res.headers.set('allow', spec.methods.join(', '));
+        return res;
+      }
       const rt = await runtime();
       if (spec.operator) {
         const denied = operatorAuthFailure(req, rt.config.replayToken, wantsHtml(req));

@@ -22,7 +22,7 @@ export function failureResponse(err: unknown): Response {
     });
   }
   if (err instanceof DbError) {
-    return errorResponse(503, `database unavailable or not migrated (${err.fn}${err.code ? `, ${err.code}` : ''}): the event stays in the outbox and the scheduled run retries it`);
+    return errorResponse(503, `database unavailable or not migrated (${err.fn}${err.code ? `, ${err.code}` : ''}): nothing was changed, send the request again later (lesson events stay in the outbox and the scheduled run retries them)`);
   }
   return errorResponse(500, `unexpected error: ${redact(String((err as Error)?.message ?? err)).slice(0, 200)}`);
 }

@@ -189,7 +189,7 @@ describe('the secret: 404 and nothing recorded', () => {
     { name: 'the lesson webhook\'s secret instead', segment: enc(WEBHOOK_SECRET), body: valid, expect: { status: 404 } },
     { name: 'the secret in the query string, not the path', segment: `?secret=${HOOK_SECRET}`, params: false, body: valid, expect: { status: 404 } },
     { name: 'malformed percent-encoding (Netlify route parameter)', segment: '%E0%A4%A', body: valid, expect: { status: 404 } },
-    { name: 'BUG (reported): malformed percent-encoding (path read by the handler, no route parameter)', segment: '%E0%A4%A', params: false, body: valid, expect: { status: 404 } },
+    { name: 'malformed percent-encoding (path read by the handler, no route parameter)', segment: '%E0%A4%A', params: false, body: valid, expect: { status: 404 } },
     { name: 'the secret followed by an encoded NUL', segment: `${HOOK_SECRET}%00`, body: valid, expect: { status: 404 } },
     {
       name: 'the right secret while the reverse direction is off (AMOCRM_HOOK_SECRET unset)', body: valid, expect: { status: 404 },
@@ -211,7 +211,7 @@ describe('the method: 405 and nothing recorded', () => {
   it.each(cases)('$name', async (c) => {
     await deliver(c);
   });
-  it('BUG (reported): a 405 names the allowed method in the Allow header, as RFC 9110 requires (it is only in the JSON body)', async () => {
+  it('a 405 names the allowed method in the Allow header, as RFC 9110 requires (it is only in the JSON body)', async () => {
     const { req, context } = request({ name: 'GET', method: 'GET', expect: { status: 405 } });
     const res = await handleCrmEvents(req, async () => s.rt, context);
     expect(res.status).toBe(405);
@@ -384,9 +384,9 @@ describe('hostile strings: accepted, stored verbatim as data, harmless', () => {
 
 describe('NUL and oversized headers: still answered 200 (amoCRM would retry a 5xx and count it against the hook)', () => {
   const cases: Case[] = [
-    { name: 'BUG (reported): an encoded NUL (%00) in the name', body: statusHook({ id: 5, status_id: 7, name: 'a\u0000b' }), expect: flagged(/name/) },
-    { name: 'BUG (reported): a raw NUL byte in the body', body: `${statusHook({ id: 5, status_id: 7 })}&x=a\u0000b`, expect: flagged(/NUL|control|body/) },
-    { name: 'BUG (reported): a 10 kB X-Amocrm-Requestid', headers: { 'x-amocrm-requestid': randomBytes(5_120).toString('hex') }, body: ACCOUNT, expect: ignored },
+    { name: 'an encoded NUL (%00) in the name', body: statusHook({ id: 5, status_id: 7, name: 'a\u0000b' }), expect: flagged(/name/) },
+    { name: 'a raw NUL byte in the body', body: `${statusHook({ id: 5, status_id: 7 })}&x=a\u0000b`, expect: flagged(/NUL|control|body/) },
+    { name: 'a 10 kB X-Amocrm-Requestid', headers: { 'x-amocrm-requestid': randomBytes(5_120).toString('hex') }, body: ACCOUNT, expect: ignored },
   ];
   it.each(cases)('$name', async (c) => {
     await deliver(c);

@@ -87,7 +87,7 @@ export function page(o: PageOptions): string {
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
+<meta name="referrer" content="same-origin">
 <title>${o.title} — amoCRM ↔ уроки</title>
 <style nonce="${o.nonce}">${trusted(STYLE)}</style>
 </head>

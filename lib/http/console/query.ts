@@ -115,7 +115,7 @@ export function parseRefresh(params: URLSearchParams): number {
   const text = params.get('refresh')?.trim();
   if (!text) return 60;
   if (text === '0') return 0;
-  const n = integer(params, 'refresh', 10, 3600);
+  const n = integer(params, 'refresh', 5, 3600);
   return n ?? 60;
 }
 

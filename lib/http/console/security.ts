@@ -24,7 +24,8 @@ export const COMMON_HEADERS: Record<string, string> = {
   'cache-control': 'no-store',
   'x-content-type-options': 'nosniff',
   // Links out (a deal in amoCRM) must not carry the console's URL, which may hold an e-mail.
-  'referrer-policy': 'no-referrer',
+  // Not no-referrer: with it a browser sends `Origin: null` on the console's own form posts.
+  'referrer-policy': 'same-origin',
   'x-frame-options': 'DENY',
 };
 
@@ -35,16 +36,16 @@ export function htmlHeaders(nonce: string): Record<string, string> {
 /**
  * Why an action request may not come from this console, or null when it may. A browser
  * sends Basic credentials to any site that makes it post here, so a browser's request must
- * say it comes from this origin (Sec-Fetch-Site, else Origin). A script's Bearer token is
- * never attached by a browser on another site's behalf, so a request without either header
- * is accepted only with Bearer.
+ * say it comes from this origin: Sec-Fetch-Site (which no page can set), else Origin. A
+ * script's Bearer token is never attached by a browser on another site's behalf, so a
+ * request with neither header is accepted only with Bearer.
  */
 export function crossOriginRefusal(req: Request, token: string | undefined): string | null {
   const site = req.headers.get('sec-fetch-site');
+  if (site) return site === 'same-origin' ? null : `запрос пришёл не со страницы консоли (Sec-Fetch-Site: ${site.slice(0, 40)})`;
   const origin = req.headers.get('origin');
   const own = new URL(req.url).origin;
-  if (site && site !== 'same-origin') return `запрос пришёл не со страницы консоли (Sec-Fetch-Site: ${site})`;
-  if (origin && origin !== own) return `запрос пришёл с другого адреса (Origin: ${origin.slice(0, 100)}, ожидался ${own})`;
-  if (!site && !origin && !bearerMatches(req.headers, token)) return 'у запроса нет заголовка Origin: браузер отправляет его сам; скрипты отправляют Authorization: Bearer';
-  return null;
+  if (origin) return origin === own ? null : `запрос пришёл с другого адреса (Origin: ${origin.slice(0, 100)}, ожидался ${own})`;
+  if (bearerMatches(req.headers, token)) return null;
+  return 'у запроса нет заголовков Sec-Fetch-Site и Origin: браузер отправляет их сам; скрипты отправляют Authorization: Bearer';
 }
