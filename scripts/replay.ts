@@ -110,7 +110,9 @@ await runMain(async () => {
       listed += result.results.length;
       wouldReplay += result.results.filter((r) => r.outcome === 'would_replay').length;
       replayed += result.replayed ?? result.results.filter((r) => GOOD.has(r.outcome)).length;
-      bad += result.results.filter((r) => !GOOD.has(r.outcome) && r.outcome !== 'skipped').length;
+      // A dry run changes nothing, so nothing in it failed: events it would not replay
+      // (done without --force, say) are listed, not counted as failures.
+      if (!parsed.data.dryRun) bad += result.results.filter((r) => !GOOD.has(r.outcome) && r.outcome !== 'skipped').length;
       if (result.complete || !result.next) break;
       request = { ...request, afterId: result.next.afterId };
     }
