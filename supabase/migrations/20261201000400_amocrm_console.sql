@@ -16,7 +16,8 @@ create table if not exists amocrm.event_attempts (
   message  text,
   primary key (event_id, attempt, at)
 );
-create index if not exists event_attempts_at_idx on amocrm.event_attempts (at);
+-- Covering: the health view counts outcomes per bucket from the index alone.
+create index if not exists event_attempts_at_idx on amocrm.event_attempts (at) include (outcome, code);
 alter table amocrm.event_attempts enable row level security;
 revoke all on amocrm.event_attempts from public, anon, authenticated;
 grant select, insert, update, delete on amocrm.event_attempts to service_role;
@@ -41,8 +42,10 @@ create trigger amocrm_event_finished after update of status on amocrm.sync_event
 -- ---------------------------------------------------------------------------
 -- Indexes for the console's queries
 -- ---------------------------------------------------------------------------
-create index if not exists sync_events_created_idx on amocrm.sync_events (created_at);
-create index if not exists sync_events_done_idx on amocrm.sync_events (done_at) where done_at is not null;
+-- Covering indexes: the funnel and the latency of a week (a quarter of a million events
+-- at a million in the outbox) are read from the index alone, not from the table.
+create index if not exists sync_events_created_idx on amocrm.sync_events (created_at) include (stage_number, lesson_id, status, last_error_code);
+create index if not exists sync_events_done_idx on amocrm.sync_events (done_at) include (created_at) where done_at is not null;
 create index if not exists sync_events_status_id_idx on amocrm.sync_events (status, id desc);
 create index if not exists sync_events_code_id_idx on amocrm.sync_events (last_error_code, id desc) where last_error_code is not null;
 create index if not exists sync_events_email_idx on amocrm.sync_events (email text_pattern_ops, id desc);
@@ -223,9 +226,10 @@ begin
       select e.email into v_email from amocrm.sync_events e where e.user_id = v_user limit 1;
     end if;
   else
-    select u.id, lower(u.email) into v_user, v_email from auth.users u where lower(u.email) = v_q limit 1;
+    -- Events keep the e-mail lower-cased (indexed); auth.users by its own (exact) index.
+    select e.user_id, e.email into v_user, v_email from amocrm.sync_events e where e.email = v_q limit 1;
     if v_user is null then
-      select e.user_id, e.email into v_user, v_email from amocrm.sync_events e where e.email = v_q limit 1;
+      select u.id, lower(u.email) into v_user, v_email from auth.users u where u.email = v_q limit 1;
     end if;
   end if;
   if v_user is null then

@@ -152,25 +152,30 @@ create or replace function public.amocrm_console_health(p_from timestamptz, p_to
 returns jsonb
 language plpgsql volatile security definer set search_path = '' as $$
 declare
-  v_step interval := case when p_bucket = 'day' then interval '1 day' else interval '1 hour' end;
-  v_buckets jsonb := '[]'::jsonb;
-  v_at timestamptz;
-  v_counts jsonb;
+  v_unit  text := case when p_bucket = 'day' then 'day' else 'hour' end;
+  v_first timestamptz := date_trunc('hour', p_from) + case when date_trunc('hour', p_from) < p_from then interval '1 hour' else interval '0' end;
+  v_last  timestamptz := greatest(v_first, least(date_trunc('hour', p_to), date_trunc('hour', now())));
+  v_buckets jsonb;
   v_latency jsonb;
   v_total jsonb;
 begin
-  -- One pass over the counts per bucket (the rollup makes each cheap).
-  for v_at in select g from generate_series(date_trunc(case when p_bucket = 'day' then 'day' else 'hour' end, p_from), p_to - interval '1 microsecond', v_step) g loop
-    select coalesce(jsonb_object_agg(c.key, c.n), '{}'::jsonb) into v_counts
-      from amocrm.console_period_counts(greatest(v_at, p_from), least(v_at + v_step, p_to)) c where c.kind = 'attempt';
-    if v_counts <> '{}'::jsonb then
-      v_buckets := v_buckets || jsonb_build_array(jsonb_build_object('at', v_at,
-        'done', coalesce((v_counts->>'done')::bigint, 0), 'skipped', coalesce((v_counts->>'skipped')::bigint, 0),
-        'failed', coalesce((v_counts->>'failed')::bigint, 0) + coalesce((v_counts->>'parked')::bigint, 0),
-        'dead', coalesce((v_counts->>'dead')::bigint, 0), 'retried', coalesce((v_counts->>'failed')::bigint, 0),
-        'deferred', coalesce((v_counts->>'deferred')::bigint, 0)));
-    end if;
-  end loop;
+  perform amocrm.console_rollup_ensure(v_first, v_last);
+  -- Attempts per bucket in one pass: whole closed hours from the rollup, the edges live.
+  with per as (
+    select date_trunc(v_unit, r.hour) as at, r.key, sum(r.n) as n
+      from amocrm.console_rollup r where r.kind = 'attempt' and r.hour >= v_first and r.hour < v_last group by 1, 2
+    union all
+    select date_trunc(v_unit, a.at), a.outcome, count(*)
+      from amocrm.event_attempts a
+     where (a.at >= p_from and a.at < least(v_first, p_to)) or (a.at >= greatest(v_last, p_from) and a.at < p_to) group by 1, 2),
+  b as (select per.at, jsonb_object_agg(per.key, per.n) as c
+          from (select at, key, sum(n) as n from per group by 1, 2) per group by 1)
+  select coalesce(jsonb_agg(jsonb_build_object('at', b.at,
+           'done', coalesce((b.c->>'done')::bigint, 0), 'skipped', coalesce((b.c->>'skipped')::bigint, 0),
+           'failed', coalesce((b.c->>'failed')::bigint, 0) + coalesce((b.c->>'parked')::bigint, 0),
+           'dead', coalesce((b.c->>'dead')::bigint, 0), 'retried', coalesce((b.c->>'failed')::bigint, 0),
+           'deferred', coalesce((b.c->>'deferred')::bigint, 0)) order by b.at), '[]'::jsonb)
+    into v_buckets from b;
   select coalesce(jsonb_object_agg(x.key, x.n), '{}'::jsonb) into v_latency
     from (select c.key, sum(c.n) as n from amocrm.console_period_counts(p_from, p_to) c where c.kind = 'latency' group by 1) x;
   select coalesce(jsonb_object_agg(x.key, x.n), '{}'::jsonb) into v_total
