@@ -21,7 +21,11 @@ export interface FeedReport {
   stoppedBy: 'done' | 'pages' | 'no_spare_capacity';
 }
 
-export async function reconcileFeed(rt: Runtime, { maxPages = 5 } = {}): Promise<FeedReport> {
+/**
+ * maxPages: 50 pages of 100 = 5,000 stage changes per scheduled run (two minutes) — far
+ * beyond a webinar's burst. Cut short, the cursor stays, and the next run reads again.
+ */
+export async function reconcileFeed(rt: Runtime, { maxPages = 50 } = {}): Promise<FeedReport> {
   const { db, clock } = rt;
   const now = Math.floor(clock.now() / 1000);
   const stored = await getFeedCursor(db);

@@ -14,7 +14,7 @@ export const EXAMPLE_HOSTS = ['your-project.supabase.co', 'your-site.netlify.app
 export const EXAMPLE_SUBDOMAIN = 'onaiacademy';
 
 /** The variables that hold a URL of the deployment (where an example host can hide). */
-export const URL_VARS = ['SUPABASE_URL', 'SUPABASE_DATABASE_URL', 'AMOCRM_REDIRECT_URI', 'AMOCRM_BASE_URL'] as const;
+export const URL_VARS = ['SUPABASE_URL', 'SUPABASE_DATABASE_URL', 'AMOCRM_REDIRECT_URI', 'AMOCRM_BASE_URL', 'URL', 'AMOCRM_DRAIN_URL'] as const;
 
 /** The example host `value` points at, if any. */
 export function exampleHostOf(value: string | undefined): string | undefined {

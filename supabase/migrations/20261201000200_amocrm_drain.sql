@@ -227,6 +227,10 @@ language plpgsql security definer set search_path = '' as $$
 declare
   v_out jsonb;
 begin
+  -- Turned off: queued jobs wait (and run again if it is turned back on).
+  if not coalesce((select (s.value #>> '{}')::boolean from amocrm.system_settings s where s.key = 'lookahead_enabled'), true) then
+    return '[]'::jsonb;
+  end if;
   with picked as (
     select j.user_id from amocrm.lookahead_jobs j
      where ((j.status = 'pending' and j.next_attempt_at <= now())
@@ -265,7 +269,9 @@ begin
     return jsonb_build_object('recorded', false);
   end if;
   update amocrm.lookahead_jobs t set
-    status = case when p_outcome = 'retry' then case when t.attempts >= 5 then 'failed' else 'pending' end else p_outcome end,
+    -- Waiting for spare capacity is not a failed attempt.
+    attempts = case when p_error_code = 'no_spare_capacity' then greatest(t.attempts - 1, 0) else t.attempts end,
+    status = case when p_outcome = 'retry' then case when t.attempts >= 5 and p_error_code is distinct from 'no_spare_capacity' then 'failed' else 'pending' end else p_outcome end,
     next_attempt_at = case when p_outcome = 'retry' then now() + make_interval(secs => coalesce(p_retry_in_ms, 60000) / 1000.0) else t.next_attempt_at end,
     lease_holder = null, lease_until = null, lead_id = p_lead_id, last_error_code = p_error_code, updated_at = now()
    where t.user_id = p_user_id;

@@ -225,10 +225,17 @@ begin
      where x.status = 'pending' order by x.id limit greatest(p_limit, 1)
      for update skip locked
   loop
-    for c in select value from jsonb_array_elements(d.changes) loop
-      v_results := v_results || jsonb_build_array(amocrm.apply_lead_change(c, 'hook', p_pipeline_id));
-    end loop;
-    update amocrm.crm_deliveries x set status = 'applied', applied_at = now() where x.id = d.id;
+    -- One delivery at a time in its own subtransaction: if applying it raises (say, the
+    -- platform's own trigger on deal_changes does), it is flagged with the error and the
+    -- others still apply.
+    begin
+      for c in select value from jsonb_array_elements(d.changes) loop
+        v_results := v_results || jsonb_build_array(amocrm.apply_lead_change(c, 'hook', p_pipeline_id));
+      end loop;
+      update amocrm.crm_deliveries x set status = 'applied', applied_at = now() where x.id = d.id;
+    exception when others then
+      update amocrm.crm_deliveries x set status = 'flagged', problem = left('applying failed: ' || sqlerrm, 500) where x.id = d.id;
+    end;
     v_count := v_count + 1;
   end loop;
   return jsonb_build_object('deliveries', v_count, 'results', v_results);

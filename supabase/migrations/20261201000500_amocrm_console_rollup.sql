@@ -176,10 +176,17 @@ begin
            'dead', coalesce((b.c->>'dead')::bigint, 0), 'retried', coalesce((b.c->>'failed')::bigint, 0),
            'deferred', coalesce((b.c->>'deferred')::bigint, 0)) order by b.at), '[]'::jsonb)
     into v_buckets from b;
-  select coalesce(jsonb_object_agg(x.key, x.n), '{}'::jsonb) into v_latency
-    from (select c.key, sum(c.n) as n from amocrm.console_period_counts(p_from, p_to) c where c.kind = 'latency' group by 1) x;
-  select coalesce(jsonb_object_agg(x.key, x.n), '{}'::jsonb) into v_total
-    from (select c.key, sum(c.n) as n from amocrm.console_period_counts(p_from, p_to) c where c.kind = 'attempt' group by 1) x;
+  -- Latency buckets and attempt totals of the period, from the same rollup rows and edges.
+  with agg as (
+    select x.kind, x.key, sum(x.n) as n from (
+      select r.kind, r.key, r.n from amocrm.console_rollup r
+       where r.kind in ('attempt', 'latency') and r.hour >= v_first and r.hour < v_last
+      union all select c.kind, c.key, c.n from amocrm.console_counts(p_from, least(v_first, p_to)) c where c.kind <> 'funnel'
+      union all select c.kind, c.key, c.n from amocrm.console_counts(greatest(v_last, p_from), p_to) c where c.kind <> 'funnel') x
+    group by 1, 2)
+  select coalesce(jsonb_object_agg(agg.key, agg.n) filter (where agg.kind = 'latency'), '{}'::jsonb),
+         coalesce(jsonb_object_agg(agg.key, agg.n) filter (where agg.kind = 'attempt'), '{}'::jsonb)
+    into v_latency, v_total from agg;
   return jsonb_build_object(
     'buckets', v_buckets,
     'latency', jsonb_build_object('n', coalesce((select sum(value::bigint) from jsonb_each_text(v_latency)), 0),

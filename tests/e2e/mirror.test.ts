@@ -114,6 +114,26 @@ describe('a hook moves the mirror', () => {
   });
 });
 
+describe('the platform\'s trigger', () => {
+  it('a trigger that raises flags its own delivery and never blocks the others', async () => {
+    const bad = await knownStudent('raises@mirror.kz');
+    const good = await knownStudent('fine@mirror.kz');
+    await s.t.sql(`create function public.picky() returns trigger language plpgsql as $$
+      begin if new.lead_id = ${bad.leadId} then raise exception 'platform says no'; end if; return null; end $$`);
+    await s.t.sql(`create trigger picky after insert on amocrm.deal_changes for each row execute function public.picky()`);
+    try {
+      const first = await (await post(statusHook({ id: bad.leadId, status_id: STAGE.paid, old_status_id: STAGE.lesson3, last_modified: 1_800_000_900 }))).json();
+      await post(statusHook({ id: good.leadId, status_id: STAGE.paid, old_status_id: STAGE.lesson3, last_modified: 1_800_000_901 }));
+      await applyPendingDeliveries(s.rt);
+      const [flagged] = await s.t.sql(`select status, problem from amocrm.crm_deliveries where id = $1`, [first.delivery_id]);
+      expect(flagged).toEqual({ status: 'flagged', problem: expect.stringMatching(/platform says no/) });
+      expect(await s.t.db.rpc('amocrm_student_deal', { p_user_id: good.userId })).toMatchObject({ status_id: STAGE.paid });
+    } finally {
+      await s.t.sql(`drop trigger picky on amocrm.deal_changes`);
+    }
+  });
+});
+
 describe('nothing missed for long: the events feed', () => {
   it('with the hooks switched off, the feed fills in a won deal; the late hook adds nothing', async () => {
     const st = await knownStudent('feed@mirror.kz');
