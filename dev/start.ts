@@ -60,6 +60,7 @@ console.log(`curl -s -X POST ${app.url}/api/amocrm/lesson-completed \\
   -H 'content-type: application/json' -H 'x-webhook-secret: ${LOCAL.webhookSecret}' \\
   -d '{"type":"INSERT","table":"lesson_progress","schema":"public","record":{"user_id":"${second.userId}","lesson_id":67},"old_record":null}'`);
 console.log(`curl -s -H 'authorization: Bearer ${LOCAL.replayToken}' ${app.url}/api/amocrm/status`);
+console.log(`Консоль оператора: ${app.url}/api/amocrm/console — вход: любое имя, пароль ${LOCAL.replayToken}`);
 console.log('Ctrl+C — остановить.');
 
 /** Polls "where is the student's deal now" until the mirror shows the stage (the hook is applied after its answer). */
