@@ -19,7 +19,7 @@ section,.card{background:#fff;border:1px solid var(--b);border-radius:6px;paddin
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #e5e7eb;padding:.35em .5em;text-align:left;vertical-align:top}
 th{font-weight:600;color:#374151;background:#f9fafb;white-space:nowrap}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-.muted{color:var(--m)}.reason{max-width:28em;overflow-wrap:anywhere}.mono{font-family:ui-monospace,monospace;font-size:.92em;overflow-wrap:anywhere}
+.muted{color:var(--m)}.reason{max-width:28em;overflow-wrap:anywhere}.mono{font-family:ui-monospace,monospace;font-size:.92em;overflow-wrap:break-word}
 .badge{display:inline-block;padding:0 .45em;border-radius:3px;font-size:.85em;white-space:nowrap;background:#e5e7eb}
 .s-done{background:#dcfce7;color:#14532d}.s-failed,.s-dead{background:#fee2e2;color:#7f1d1d}.s-parked{background:#ffedd5;color:#7c2d12}
 .s-skipped{background:#f3f4f6;color:#374151}.s-pending,.s-processing,.s-deferred{background:#dbeafe;color:#1e3a8a}
