@@ -21,7 +21,7 @@ let page: Page;
 const log = memoryLogger();
 const dialogs: string[] = [];
 const cspViolations: string[] = [];
-let console: string;
+let consoleUrl: string;
 /** The period every funnel assertion uses, given to the page and to the SQL alike. */
 let from: string;
 let to: string;
@@ -46,7 +46,7 @@ const eventOf = async (userId: string, lesson: number) =>
   (await stack.database.sql('select id::int, status, lead_id::int from amocrm.sync_events where user_id = $1 and lesson_id = $2', [userId, lesson]))[0]!;
 
 async function open(path: string): Promise<void> {
-  const res = await page.goto(`${console}${path}`);
+  const res = await page.goto(`${consoleUrl}${path}`);
   expect(res?.status(), `${path} answered ${res?.status()}`).toBe(200);
 }
 
@@ -57,7 +57,7 @@ beforeAll(async () => {
   stack = await createSyncStack({ databaseUrl: process.env.DATABASE_URL || undefined, log });
   await stack.database.sql(`update amocrm.system_settings set value = 'false' where key = 'lookahead_enabled'`);
   served = await stack.serve();
-  console = `${served.url}/api/amocrm/console`;
+  consoleUrl = `${served.url}/api/amocrm/console`;
   from = new Date(Date.now() - 3_600_000).toISOString();
 
   // Students who complete lessons and whose deals move: 67 for three, 68 for two, 69 for one.
@@ -100,7 +100,8 @@ afterAll(async () => {
   await stack?.close();
 });
 
-describe('the console in Chromium', () => {
+// Generous per-test limits: on a loaded CI machine a page and its replay can take seconds.
+describe('the console in Chromium', { timeout: 90_000 }, () => {
   it('the funnel shows the database figures for the period: completions, moves, won and lost, conversion, where students are stuck', async () => {
     await open(`?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}&refresh=0`);
     const counts = await stack.database.sql(`select stage_number::int as stage, count(*)::int as completed,
@@ -129,7 +130,7 @@ describe('the console in Chromium', () => {
   });
 
   it('the page script runs under the CSP (times are localized), nothing is refused, and answers are not cached', async () => {
-    const res = await page.goto(`${console}/health?refresh=0`);
+    const res = await page.goto(`${consoleUrl}/health?refresh=0`);
     const headers = res!.headers();
     expect(headers['cache-control']).toBe('no-store');
     expect(headers['content-security-policy']).toMatch(/default-src 'none'; script-src 'nonce-[^']+'; style-src 'nonce-/);
@@ -261,8 +262,8 @@ describe('the console in Chromium', () => {
     // A page on another origin whose form posts to the console: the browser attaches the
     // operator's Basic credentials, as it would for a forged request.
     const elsewhere = await ctx.newPage();
-    await elsewhere.goto(`data:text/html,${encodeURIComponent(`<form method="post" action="${console}/resume"><button>go</button></form>`)}`);
-    const [res] = await Promise.all([elsewhere.waitForResponse(`${console}/resume`), elsewhere.locator('button').click()]);
+    await elsewhere.goto(`data:text/html,${encodeURIComponent(`<form method="post" action="${consoleUrl}/resume"><button>go</button></form>`)}`);
+    const [res] = await Promise.all([elsewhere.waitForResponse(`${consoleUrl}/resume`), elsewhere.locator('button').click()]);
     await elsewhere.close();
     expect(res.status()).toBe(403);
     expect((await eventOf(people.hostile!.userId, 67)).status).toBe('parked');
@@ -276,6 +277,22 @@ describe('the console in Chromium', () => {
     await waitFor('the resumed event to leave parked', async () => (await eventOf(people.hostile!.userId, 67)).status !== 'parked');
   });
 
+  it('each view has a JSON twin for scripts (Bearer, ?format=json or no text/html in Accept)', async () => {
+    const bearer = { authorization: `Bearer ${LOCAL_SECRETS.replayToken}` };
+    const event = await eventOf(people.bota!.userId, 68);
+    for (const path of ['', '/health', '/events?status=done', `/events/${event.id}`, '/student?q=bota%40student.kz']) {
+      const res = await fetch(`${consoleUrl}${path}`, { headers: bearer });
+      expect([path, res.status, res.headers.get('content-type'), res.headers.get('cache-control')]).toEqual([path, 200, 'application/json; charset=utf-8', 'no-store']);
+      expect(await res.json()).toMatchObject({ ok: true });
+    }
+    const funnel = await (await fetch(`${consoleUrl}?format=json&from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`, { headers: bearer })).json();
+    const [won] = await stack.database.sql(`select count(*)::int as n from amocrm.deal_changes where kind = 'won' and changed_at >= $1 and changed_at < $2`, [from, to]);
+    expect(funnel.won).toBe(won!.n);
+    const list = await (await fetch(`${consoleUrl}/events?status=done&format=json`, { headers: bearer })).json();
+    const done = await stack.database.sql(`select id::int from amocrm.sync_events where status = 'done' order by id desc limit 50`);
+    expect(list.items.map((i: { id: number }) => i.id)).toEqual(done.map((d) => d.id));
+  });
+
   it('an unauthenticated visit gets the Basic challenge, a wrong password too', async () => {
     // Without credentials Chromium is challenged and, having none to give, stops
     // (ERR_INVALID_AUTH_CREDENTIALS, where a person would see the login dialog).
@@ -283,8 +300,8 @@ describe('the console in Chromium', () => {
     try {
       const visit = await anonymous.newPage();
       const [challenge, navigation] = await Promise.all([
-        visit.waitForResponse(`${console}/events`),
-        visit.goto(`${console}/events`).then(() => 'loaded', (err: Error) => err.message),
+        visit.waitForResponse(`${consoleUrl}/events`),
+        visit.goto(`${consoleUrl}/events`).then(() => 'loaded', (err: Error) => err.message),
       ]);
       expect(navigation).toMatch(/ERR_INVALID_AUTH_CREDENTIALS/);
       expect(challenge.status()).toBe(401);
@@ -296,7 +313,7 @@ describe('the console in Chromium', () => {
     // A wrong password: the browser shows the 401 answer, which holds no data.
     const wrong = await browser.newContext({ httpCredentials: { username: 'ops', password: 'wrong-password-123' } });
     try {
-      const res = await (await wrong.newPage()).goto(`${console}/events`);
+      const res = await (await wrong.newPage()).goto(`${consoleUrl}/events`);
       expect(res!.status()).toBe(401);
       expect(res!.headers()['www-authenticate']).toMatch(/^Basic realm=/);
       expect(await res!.text()).toMatch(/sign in with HTTP Basic auth/);
