@@ -50,7 +50,7 @@ export async function eventsPage(rt: Runtime, ctx: RenderContext): Promise<Rende
   };
 }
 
-export async function eventPage(rt: Runtime, ctx: RenderContext, idText: string): Promise<Rendered | null> {
+export async function eventPage(rt: Runtime, idText: string): Promise<Rendered | null> {
   if (!/^\d{1,15}$/.test(idText)) return null;
   const detail = await consoleEvent(rt.db, Number(idText));
   if (!detail) return null;

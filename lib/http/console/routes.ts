@@ -23,7 +23,7 @@ function routeOf(path: string): Route | null {
   if (path === '/health') return { methods: VIEW, run: healthPage };
   if (path === '/events') return { methods: VIEW, run: eventsPage };
   const event = /^\/events\/([^/]+)$/.exec(path);
-  if (event) return { methods: VIEW, run: (rt, ctx) => eventPage(rt, ctx, event[1]!) };
+  if (event) return { methods: VIEW, run: (rt) => eventPage(rt, event[1]!) };
   if (path === '/student') return { methods: VIEW, run: studentPage };
   if (path === '/replay') return { methods: ACTION, run: replayAction };
   if (path === '/resume') return { methods: ACTION, run: resumeAction };

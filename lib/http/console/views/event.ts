@@ -5,7 +5,7 @@ import type { consoleEvent } from '../../../db/console.ts';
 import { dealUrl, stageName, time } from '../format.ts';
 import { html, outsideText, type Html } from '../html.ts';
 import { href } from '../query.ts';
-import { adviceFor, REPLAYABLE_STATUSES } from '../words.ts';
+import { adviceFor } from '../words.ts';
 import { badge, code, dealLink, outcomeBadge } from './parts.ts';
 
 export type EventDetail = NonNullable<Awaited<ReturnType<typeof consoleEvent>>>;
@@ -41,7 +41,8 @@ ${a.message ? html`<div class="reason" data-field="message">${outsideText(a.mess
 }
 
 export function replayButton(eventId: number, status: string): Html {
-  const force = status === 'done' || !(REPLAYABLE_STATUSES as readonly string[]).includes(status);
+  // Replay takes failed, dead, parked, skipped and pending events as they are; done ones only with force.
+  const force = status === 'done';
   return html`<form method="post" action="${href('/replay')}" class="actions">
 <input type="hidden" name="ids" value="${eventId}">
 ${force ? html`<label><input type="checkbox" name="force" value="1"> и если сделано (force)</label>` : ''}
