@@ -48,12 +48,16 @@ export function databaseRateLimiter(
   return {
     async acquire({ priority = false } = {}) {
       const deadline = clock.now() + maxWaitMs;
+      // How long the queue was when last asked: when the wait is given up, the event is due
+      // again once a slot may be free, not at once.
+      let queueMs = 1000;
       while (true) {
         const left = deadline - clock.now();
-        if (left < 0) throw noSlot(-left);
+        if (left < 0) throw noSlot(queueMs);
         const slot = await takeRateSlot(db, { perSecond, maxWaitMs: left, priority, horizonMs: RESERVE_HORIZON_MS });
         const answeredAt = clock.now();
         if (!slot.granted) {
+          queueMs = slot.wait_ms;
           if (!slot.queued) throw noSlot(slot.wait_ms);
           await clock.sleep(Math.min(slot.retry_in_ms ?? slot.wait_ms, Math.max(0, left)));
           continue;

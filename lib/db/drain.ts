@@ -11,9 +11,9 @@ export const beginDrain = async (db: Db, holder: string): Promise<boolean> =>
 export const renewDrain = async (db: Db, holder: string): Promise<boolean> =>
   (await db.rpc<{ renewed: boolean }>('amocrm_renew_drain', { p_holder: holder, p_lease_seconds: DRAIN_LEASE_SECONDS })).renewed;
 
-/** Ends the drain unless lesson events became due meanwhile (ended=false: go on). */
-export const endDrain = async (db: Db, holder: string, drained: number): Promise<boolean> =>
-  (await db.rpc<{ ended: boolean }>('amocrm_end_drain', { p_holder: holder, p_drained: drained })).ended;
+/** Ends the drain unless lesson events are due or will be within lingerMs (ended=false: go on). */
+export const endDrain = async (db: Db, holder: string, drained: number, lingerMs = 0): Promise<boolean> =>
+  (await db.rpc<{ ended: boolean }>('amocrm_end_drain', { p_holder: holder, p_drained: drained, p_linger_ms: lingerMs })).ended;
 
 /** Gives the lease back whatever is due; `due` says whether a successor is needed. */
 export const releaseDrain = (db: Db, holder: string) =>

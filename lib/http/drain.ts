@@ -14,7 +14,7 @@ export const handleDrain = endpoint({
   usage: 'POST with x-webhook-secret: the drainer is woken by the webhook and the scheduled run',
   async handle(req, rt) {
     verifyWebhook(req.headers, await req.text(), rt.config.webhookSecret, Math.floor(rt.clock.now() / 1000));
-    const report = await runDrain(rt, { budgetMs: DRAIN_BUDGET_MS });
+    const report = await runDrain(rt, { budgetMs: DRAIN_BUDGET_MS, lingerMs: 45_000 });
     if (report.ran) {
       rt.log.info('Очередь разобрана', { claimed: report.claimed, ...report.outcomes, lookahead_found: report.lookaheadFound, stopped_by: report.stoppedBy, ms: report.elapsedMs });
     }

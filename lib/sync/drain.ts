@@ -11,6 +11,9 @@ import type { OutcomeStatus } from './deps.ts';
 import { runLookahead } from './lookahead.ts';
 import { processEvents } from './steps.ts';
 
+/** How often a lingering drainer looks again. */
+const IDLE_POLL_MS = 1_000;
+
 export interface DrainOptions {
   /** Stop starting batches after this long (Netlify: 15 min background, 30 s scheduled). */
   budgetMs: number;
@@ -23,6 +26,12 @@ export interface DrainOptions {
   batchSize?: number;
   /** Also work the look-ahead jobs once no lesson event is due. */
   lookahead?: boolean;
+  /**
+   * Before ending, wait this long for pending events about to be due (given back to wait
+   * for a slot or a 429 pause): the background drainer does, the scheduled run does not
+   * (it runs again in two minutes).
+   */
+  lingerMs?: number;
 }
 
 export interface DrainReport {
@@ -35,7 +44,7 @@ export interface DrainReport {
 }
 
 export async function runDrain(rt: Runtime, options: DrainOptions): Promise<DrainReport> {
-  const { budgetMs, reserveMs = 12_000, batchSize = 50, lookahead = true } = options;
+  const { budgetMs, reserveMs = 12_000, batchSize = 50, lookahead = true, lingerMs = 0 } = options;
   const { db, clock } = rt;
   const started = clock.now();
   const left = () => budgetMs - (clock.now() - started);
@@ -66,10 +75,13 @@ export async function runDrain(rt: Runtime, options: DrainOptions): Promise<Drai
         // Keep going while jobs move; stop when none are due or capacity is short.
         if (jobs.claimed && jobs.later < jobs.claimed) continue;
       }
-      if (await endDrain(db, inv.holder, report.claimed)) {
+      // Nothing due now. Events given back for a slot or a pause are due again in a moment:
+      // wait for them rather than leave them to the next scheduled run.
+      if (await endDrain(db, inv.holder, report.claimed, Math.min(lingerMs, Math.max(0, left() - reserveMs)))) {
         report.stoppedBy = 'empty';
         return done();
       }
+      await clock.sleep(IDLE_POLL_MS);
     }
   } catch (err) {
     await releaseDrain(db, inv.holder).catch(() => undefined);

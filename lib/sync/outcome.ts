@@ -77,11 +77,12 @@ export async function recordFailure(deps: SyncDeps, event: ClaimedEvent, holder:
  * hit this event too.
  */
 export async function recordDeferred(deps: SyncDeps, event: ClaimedEvent, holder: string, cause: AmoError, found?: Found): Promise<EventOutcome> {
-  // Waiting for a slot or for the next batch: due again at once (the drainer paces by the
-  // shared limit; a deferred event must not fall behind the queue it waits in). After an
-  // amoCRM failure: not before amoCRM asked, and not sooner than 30 s.
-  const waitsForCapacity = cause.code === 'no_rate_slot' || cause.code === 'deal_shared';
-  const retryInMs = waitsForCapacity ? 0 : Math.max(cause.details.retryAfterMs ?? 0, 30_000);
+  // Waiting for a slot: due when the limiter says one frees up (the queue's length, or a
+  // 429 pause), so a drainer never spins re-claiming it; it lingers for it instead. For the
+  // next batch: at once. After an amoCRM failure: not before amoCRM asked, nor within 30 s.
+  const retryInMs = cause.code === 'deal_shared' ? 0
+    : cause.code === 'no_rate_slot' ? Math.max(cause.details.retryAfterMs ?? 0, 0)
+    : Math.max(cause.details.retryAfterMs ?? 0, 30_000);
   await finishEvent(deps.db, event.id, holder, 'deferred', { leadId: found?.lead.id, contactId: found?.contactId, retryInMs });
   const why = cause.code === 'no_rate_slot' ? 'очередь к amoCRM занята'
     : cause.code === 'deal_shared' ? 'эту сделку двигает другое событие пакета'

@@ -22,11 +22,13 @@ alter table amocrm.drainer enable row level security;
 revoke all on amocrm.drainer from public, anon, authenticated;
 grant select, insert, update, delete on amocrm.drainer to service_role;
 
--- Lesson events the queue holds that are due now (what a drainer would claim).
-create or replace function amocrm.due_lesson_events() returns boolean
+-- Lesson events the queue holds that are due now (what a drainer would claim), or pending
+-- ones due within p_within_ms (given back to wait for a slot or a pause). Retries in
+-- backoff and leases held by others are not waited for.
+create or replace function amocrm.due_lesson_events(p_within_ms integer default 0) returns boolean
 language sql stable set search_path = '' as $$
   select exists (select 1 from amocrm.sync_events s
-                  where (s.status = 'pending' and s.next_attempt_at <= now())
+                  where (s.status = 'pending' and s.next_attempt_at <= now() + make_interval(secs => p_within_ms / 1000.0))
                      or (s.status = 'failed' and s.retryable and s.next_attempt_at <= now())
                      or (s.status = 'processing' and s.lease_until < now()))
 $$;
@@ -58,11 +60,11 @@ language sql security definer set search_path = '' as $$
   select jsonb_build_object('renewed', exists (select 1 from r))
 $$;
 
--- Ends the drain unless lesson events became due meanwhile (then the drainer goes on).
--- The row lock orders this against amocrm_route_event: an event handed to the drainer
--- before the end is seen here; one routed after it finds no drainer and is moved by its
--- own webhook.
-create or replace function public.amocrm_end_drain(p_holder text, p_drained integer default 0)
+-- Ends the drain unless lesson events are due, or will be within p_linger_ms (events given
+-- back to wait for a slot or a pause): then the drainer goes on (and waits for them). The
+-- row lock orders this against amocrm_route_event: an event handed to the drainer before
+-- the end is seen here; one routed after it finds no drainer and is moved by its own webhook.
+create or replace function public.amocrm_end_drain(p_holder text, p_drained integer default 0, p_linger_ms integer default 0)
 returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
@@ -73,7 +75,7 @@ begin
     return jsonb_build_object('ended', true, 'held', false);
   end if;
   update amocrm.drainer t set drained_total = t.drained_total + greatest(p_drained, 0) where t.key = 'drain';
-  if amocrm.due_lesson_events() then
+  if amocrm.due_lesson_events(greatest(p_linger_ms, 0)) then
     return jsonb_build_object('ended', false, 'held', true);
   end if;
   update amocrm.drainer t set holder = null, lease_until = null where t.key = 'drain';
