@@ -6,7 +6,9 @@ import { axiosTransport, type Transport } from '../../lib/amocrm/http.ts';
 import { loadConfig } from '../../lib/config.ts';
 import { buildRuntime } from '../../lib/runtime.ts';
 import { deliverEvent } from '../../lib/sync/process-event.ts';
+import { runSweep } from '../../lib/sync/sweep.ts';
 import { usingPostgres } from '../helpers/db.ts';
+import { endRatePause, ratePause } from '../helpers/rate-pause.ts';
 import { createStack, STAGE, type Stack } from '../helpers/stack.ts';
 
 let s: Stack;
@@ -23,6 +25,7 @@ describe(`token chain (${usingPostgres ? 'PostgreSQL, separate connections' : 'P
     for (const st of students) events.push(await s.complete(st.userId, 67));
     await s.storeTokens({ expired: true });
     s.amo.resetCounts();
+    const reportedBefore = (await ratePause(s.t.sql)).reported;
 
     // When each request left (the limiter let it go), on the clock the stand-in stamps arrivals with.
     const sentAt: number[] = [];
@@ -39,22 +42,37 @@ describe(`token chain (${usingPostgres ? 'PostgreSQL, separate connections' : 'P
     // What the limiter controls: at most 7 requests left it in any second (amoCRM's limit).
     const busiest = Math.max(...sentAt.map((t) => sentAt.filter((u) => u > t - 1000 && u <= t).length));
     expect(busiest, `requests that left the limiter in the busiest second (sent at ${sentAt.join(' ')})`).toBeLessThanOrEqual(7);
-    // On failure: each outcome with its code, the warnings, and for every 429 how many requests
-    // left here and how many the stand-in saw arrive in the second before it (more arrived
-    // than left: they bunched on the way, not in the limiter).
+
+    // What arrives is another matter: the stand-in runs on this process's event loop, and on a
+    // loaded machine it reads requests that left on time a few hundred ms late, bunched (as
+    // network jitter bunches them at amoCRM). Then it answers 429, and the design's answer is
+    // the shared pause: the event is retried, every instance waits, nothing is blocked. The
+    // evidence below (for each 429: how many requests left the limiter and how many arrived
+    // in the second before it) shows whether bunching or the limiter caused it.
+    const limited = s.amo.requests.filter((r) => r.status === 429);
     const evidence = () => [
       ...s.log.lines.filter((l) => !l.includes('✅')),
-      ...s.amo.requests.filter((r) => r.status === 429).map((r) =>
+      ...limited.map((r) =>
         `stand-in 429 at ${r.at}: in the 1 s before it ${sentAt.filter((t) => t > r.at - 1000 && t <= r.at).length} requests left the limiter, `
         + `${s.amo.requests.filter((q) => q.at > r.at - 1000 && q.at <= r.at).length} arrived (ms before: `
         + `sent ${sentAt.filter((t) => t > r.at - 1500 && t <= r.at).map((t) => r.at - t).join(' ')}; `
         + `arrived ${s.amo.requests.filter((q) => q.at > r.at - 1500 && q.at <= r.at).map((q) => r.at - q.at).join(' ')})`),
     ].join('\n');
-    expect(results.map((r) => r.claimed ? [r.outcome.status, r.outcome.code ?? null].join(':') : `unclaimed:${r.reason}`), evidence())
-      .toEqual(events.map(() => 'done:'));
+    const outcomes = results.map((r) => r.claimed ? [r.outcome.status, r.outcome.code ?? null].join(':') : `unclaimed:${r.reason}`);
+    expect(outcomes.filter((o) => o !== 'done:' && o !== 'retry:rate_limited'), evidence()).toEqual([]);
+    expect(outcomes.filter((o) => o === 'retry:rate_limited'), evidence()).toHaveLength(limited.length);
+    expect(limited.length, evidence()).toBeLessThan(3); // not a storm: 3 would block the account
+    expect(s.amo.requests.filter((r) => r.status === 403)).toEqual([]); // the account was never blocked
+    expect((await ratePause(s.t.sql)).reported).toBe(reportedBefore + limited.length); // each 429 paused every instance
+    if (limited.length) {
+      // The pause over, the next run finishes what the 429 left.
+      await endRatePause(s.t.sql);
+      await s.t.sql(`update amocrm.sync_events set next_attempt_at = now() where id = any($1::bigint[]) and status = 'failed'`, [events]);
+      expect((await runSweep(rt, { budgetMs: 20_000, reserveMs: 2_000 })).outcomes).toEqual({ done: limited.length });
+    }
     expect(students.map((st) => s.amo.lead(st.leadId)!.statusId)).toEqual(students.map(() => STAGE.lesson1));
     expect(s.log.lines.filter((l) => l.includes('Токены успешно обновлены'))).toHaveLength(1);
-    expect(s.amo.counts().tooMany).toBe(0); // the shared limiter kept all 20 under 7 req/s
+    expect(s.amo.counts().refreshes).toBe(1);
 
     // The stored refresh token is the live one: the next refresh works and rotates again.
     const [before] = await s.t.sql(`select version from amocrm.system_settings where key = 'amocrm_tokens'`);
