@@ -655,9 +655,16 @@ describe('10. races', () => {
       webhook(other, s.webhookRequest({ ...dbWebhookBody(st.userId, 67), event_id: ids[i] })),
     ]));
     const bodies = await Promise.all(answers.map((r) => r.json()));
-    expect(answers.map((r) => r.status)).toEqual(answers.map(() => 200));
+    // One of each pair does it, the other is told it is a duplicate. On a loaded machine the
+    // one that claimed it may find no rate slot within the webhook's 1 s and give it back
+    // untried (202 deferred); it is then delivered again, as the drainer would.
+    expect(answers.map((r) => r.status)).toEqual(bodies.map((b) => (b.outcome === 'deferred' ? 202 : 200)));
     for (let i = 0; i < students.length; i++) {
-      expect([bodies[2 * i].outcome, bodies[2 * i + 1].outcome].sort()).toEqual(['done', 'duplicate']);
+      const pair: string[] = [bodies[2 * i].outcome, bodies[2 * i + 1].outcome];
+      expect(pair.filter((o) => !['done', 'duplicate', 'deferred'].includes(o))).toEqual([]);
+      expect(pair.filter((o) => o === 'done').length).toBeLessThanOrEqual(1);
+      if (!pair.includes('deferred')) expect(pair.sort()).toEqual(['done', 'duplicate']);
+      if (!pair.includes('done')) expect(await (await deliver(students[i]!.userId, 67, ids[i]!)).json()).toMatchObject({ outcome: 'done' });
       expect(await ev(ids[i]!)).toMatchObject({ status: 'done', attempts: 1, code: null });
     }
     expect(students.map((st) => stage(st.leadId))).toEqual(students.map(() => STAGE.lesson1));
@@ -682,17 +689,26 @@ describe('10. races', () => {
       runReplay(other, replayRequest({ status: 'failed' })),
       sweep(),
     ]);
-    const replayed = replay.results.filter((r) => r.outcome === 'done').length;
-    expect(replayed + (report.outcomes.done ?? 0)).toBe(n);
+    // Each event is done by one of the two, or (on a loaded machine: no rate slot within the
+    // replay's 3 s or the run's patience) given back untried; nothing fails, nothing twice.
     // (The scheduled run may have taken all of them first: then the replay has nothing to list.)
-    expect(replay.results.filter((r) => r.outcome !== 'done' && r.outcome !== 'not_replayed')).toEqual([]);
-    expect(report.outcomes.retry ?? 0).toBe(0);
+    expect(replay.results.filter((r) => !['done', 'not_replayed', 'deferred'].includes(r.outcome))).toEqual([]);
+    expect(Object.keys(report.outcomes).filter((k) => k !== 'done' && k !== 'deferred')).toEqual([]);
+    const replayed = replay.results.filter((r) => r.outcome === 'done').length;
+    const untried = async () => (await Promise.all(ids.map(ev))).filter((e) => e.status !== 'done').length;
+    expect(replayed + (report.outcomes.done ?? 0) + (await untried())).toBe(n);
+    // What was given back untried, later runs finish (as the drainer would).
+    for (let run = 1; (await untried()) > 0; run++) {
+      expect(run, 'runs needed to finish what the race gave back').toBeLessThanOrEqual(5);
+      await makeDue(ids);
+      expect(Object.keys((await sweep()).outcomes).filter((k) => k !== 'done' && k !== 'deferred')).toEqual([]);
+    }
     for (const id of ids) expect(await ev(id)).toMatchObject({ status: 'done', attempts: 2, code: null });
     expect(students.map((st) => stage(st.leadId))).toEqual(students.map(() => STAGE.lesson3));
     expect(movesSent()).toEqual(once(...students.map((st) => st.leadId)));
     expect(patches()).toBeLessThanOrEqual(n);
     expect(lines('успешно перемещена')).toHaveLength(n);
-  }, 30_000);
+  }, 60_000);
 
   // Two lessons of ONE student in flight at once (a student finishing 67 and 68 seconds
   // apart: two webhooks, two instances). The forward-only decision is made on a read of the
