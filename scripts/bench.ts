@@ -1,8 +1,10 @@
-// npm run bench [-- --burst 1000 --latency 100,300 --only write,calls,latency,burst,tokens,cold]
+// npm run bench [-- --burst 1000 --latency 100,300 --only write,calls,latency,burst,tokens,cold,topology]
 // Prints a table of figures, all measured in this run, on embedded PGlite — or on the
 // PostgreSQL server in DATABASE_URL. amoCRM is the local stand-in: it enforces 7 req/s,
 // blocks the account (403) after repeated 429s as amoCRM does, and answers after a random
 // delay (100–300 ms by default). Not a test: nothing here passes or fails, it measures.
+// The topology section (bursts in production topology, scripts/bench/topology.ts) takes
+// the longest: about 20–40 minutes at --burst 1000; --burst 100 is a quick look.
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { createSyncStack, openStackDatabase, type Stack, type Student } from '../dev/stack/index.ts';
@@ -11,8 +13,9 @@ import { deliverEvent } from '../lib/sync/process-event.ts';
 import { runSweep } from '../lib/sync/sweep.ts';
 import { exitOnUsageError, parseCommandLine, runMain, UsageError } from './cli.ts';
 
-const SECTIONS = ['write', 'calls', 'latency', 'burst', 'tokens', 'cold'];
-const USAGE = `Usage: npm run bench [-- --burst N --latency MIN,MAX --events N --rows N --only ${SECTIONS.join(',')} --json FILE]`;
+const SECTIONS = ['write', 'calls', 'latency', 'burst', 'tokens', 'cold', 'topology'];
+const TOPOLOGY_PARTS = ['idle', 'cold', 'warm', 'ahead'];
+const USAGE = `Usage: npm run bench [-- --burst N --latency MIN,MAX --events N --rows N --only ${SECTIONS.join(',')} --topology ${TOPOLOGY_PARTS.join(',')} --db-rtt MS --json FILE]`;
 const args = exitOnUsageError(() => {
   const { values } = parseCommandLine(process.argv.slice(2), {
     burst: { type: 'string', default: '1000' },
@@ -20,14 +23,19 @@ const args = exitOnUsageError(() => {
     events: { type: 'string', default: '200' },
     rows: { type: 'string', default: '3000' },
     only: { type: 'string' },
+    topology: { type: 'string', default: TOPOLOGY_PARTS.join(',') },
+    'db-rtt': { type: 'string', default: '0' },
     json: { type: 'string' },
   });
   for (const flag of ['burst', 'events', 'rows'] as const) {
     if (!/^[1-9]\d*$/.test(values[flag])) throw new UsageError(`--${flag} must be a positive whole number (got "${values[flag]}")`);
   }
+  if (!/^\d+$/.test(values['db-rtt'])) throw new UsageError(`--db-rtt must be a whole number of ms (got "${values['db-rtt']}")`);
   if (!/^\d+,\d+$/.test(values.latency)) throw new UsageError(`--latency must be MIN,MAX in ms, e.g. 100,300 (got "${values.latency}")`);
   const unknown = values.only?.split(',').filter((s) => !SECTIONS.includes(s));
   if (unknown?.length) throw new UsageError(`--only: unknown section(s) ${unknown.join(', ')}; the sections are ${SECTIONS.join(', ')}`);
+  const unknownParts = values.topology.split(',').filter((s) => !TOPOLOGY_PARTS.includes(s));
+  if (unknownParts.length) throw new UsageError(`--topology: unknown part(s) ${unknownParts.join(', ')}; the parts are ${TOPOLOGY_PARTS.join(', ')}`);
   return values;
 }, USAGE);
 const only = args.only ? new Set(args.only.split(',')) : undefined;
@@ -300,6 +308,19 @@ async function benchTokens() {
 }
 
 // ---------------------------------------------------------------------------------
+// 7. Bursts in production topology
+// ---------------------------------------------------------------------------------
+async function benchProductionTopology() {
+  const n = Number(args.burst);
+  console.log(`\n[7] Bursts in production topology (${dbLabel}): ${n} students per variant; pg_net ≤ 200 in flight, functions held to Netlify's limits, the scheduled run on its cron only; amoCRM at 7 req/s, ${latency.join('–')} ms, blocking on; AMOCRM_MAX_RPS 6`);
+  const { benchTopology } = await import('./bench/topology.ts');
+  const parts = new Set(args.topology.split(',') as ('idle' | 'cold' | 'warm' | 'ahead')[]);
+  const dbRoundTripMs = Number(args['db-rtt']);
+  if (dbRoundTripMs) console.log(`  … each database call of the functions takes ${dbRoundTripMs} ms more (--db-rtt: the round trip to PostgREST)`);
+  await benchTopology({ n, latencyMs: latency, databaseUrl, row, parts, dbRoundTripMs });
+}
+
+// ---------------------------------------------------------------------------------
 // 6. Cold start
 // ---------------------------------------------------------------------------------
 // The figure comes from the functions packaged as Netlify packages them, imported on the
@@ -326,6 +347,7 @@ await runMain(async () => {
   if (want('burst')) await benchBurst();
   if (want('tokens')) await benchTokens();
   if (want('cold')) await benchColdStart();
+  if (want('topology')) await benchProductionTopology();
 
   console.log(`\n| figure | value | target |\n|---|---|---|`);
   for (const r of rows) console.log(`| ${r.figure} | ${r.value} | ${r.target} |`);
