@@ -35,6 +35,8 @@ export interface TokenSource {
 }
 
 export interface Transport {
+  /** Loads what sending needs, so a taken rate slot is never spent waiting for an import. */
+  ready?(): Promise<void>;
   send(req: AmoRequest, bearer?: string): Promise<{ status: number; data: unknown; headers: Record<string, string> }>;
 }
 
@@ -46,6 +48,9 @@ const loadAxios = () => (defaultInstance ??= import('axios').then((m) => m.defau
 
 export function axiosTransport(baseUrl: string, timeoutMs: number, instance?: AxiosInstance): Transport {
   return {
+    async ready() {
+      if (!instance) await loadAxios();
+    },
     async send(req, bearer) {
       const query = req.query?.length ? `?${new URLSearchParams(req.query.map(([k, v]) => [k, String(v)]))}` : '';
       const client = instance ?? (await loadAxios());
@@ -123,6 +128,8 @@ export function createAmoHttp(transport: Transport, tokens: TokenSource, limiter
   return {
     async request<T>(req: AmoRequest): Promise<AmoResponse<T>> {
       let token = await tokens.current();
+      // Before the slot: a slot is a promise to send now, not after axios has loaded.
+      await transport.ready?.();
       for (let attempt = 0; ; attempt++) {
         await limiter.acquire();
         const res = await transport.send(req, token.accessToken);

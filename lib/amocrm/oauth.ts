@@ -30,6 +30,7 @@ export function createOAuthClient(transport: Transport, limiter: RateLimiter, cl
           'задайте их в переменных окружения Netlify (раздел Functions)');
       }
       // Ahead of the queue: every request waiting for a slot also waits for this token.
+      await transport.ready?.();
       await limiter.acquire({ priority: true });
       const body = {
         client_id: clientId,

@@ -55,6 +55,7 @@ export async function storeLongLivedCommand(ctx: CommandContext, token: string):
     let verified: { ok: boolean; text: string } | undefined;
     if (runtime) {
       // Through the shared limiter like every amoCRM request (7 req/s per integration).
+      await runtime.transport.ready?.();
       await databaseRateLimiter(ctx.db, runtime.clock, runtime.config.amocrm.maxRps, 10_000).acquire();
       const res = await runtime.transport.send({ method: 'GET', path: '/api/v4/account' }, value);
       if (res.status === 401) return finish(1, ['❌ amoCRM rejects this token (401): not stored → copy the long-lived token again, or issue a new one']);
