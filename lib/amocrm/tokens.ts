@@ -162,6 +162,9 @@ export class TokenManager implements TokenSource {
   private async refresh(seenVersion: number, reason: 'expired' | 'unauthorized' | 'upkeep' | 'forced'): Promise<AccessToken> {
     const { db, clock, log, holder } = this.o;
     const deadline = clock.now() + this.waitMs;
+    // Waiters back off (100 ms → 1 s, with jitter): twenty of them polling every 100 ms
+    // would crowd the database the refresh itself needs.
+    let pollMs = 100;
     while (true) {
       const lease = await store.beginRefresh(db, holder, this.leaseSeconds);
 
@@ -190,7 +193,8 @@ export class TokenManager implements TokenSource {
       if (clock.now() > deadline) {
         throw retryable('refresh_wait_timeout', 'не дождались обновления токена другим запуском');
       }
-      await clock.sleep(100 + Math.floor(Math.random() * 150));
+      await clock.sleep(pollMs + Math.floor(Math.random() * pollMs));
+      pollMs = Math.min(1_000, pollMs * 2);
     }
   }
 

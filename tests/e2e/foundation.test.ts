@@ -165,7 +165,8 @@ describe('the token refresh', () => {
     const students = await Promise.all(Array.from({ length: 8 }, () => s.addStudent(email('burst'))));
     const results = await Promise.all(students.map((st) =>
       handleLessonCompleted(s.webhookRequest(dbWebhookBody(st.userId, 67)), async () => s.rt).then((r) => r.json())));
-    expect(results.every((r) => ['done', 'deferred'].includes(r.outcome))).toBe(true);
+    // Moved, or given back for a slot or for a refresh wait on a loaded machine: never failed or parked.
+    expect(results.map((r) => r.outcome).filter((o) => !['done', 'deferred', 'retry'].includes(o))).toEqual([]);
     expect(s.log.lines.filter((l) => l.includes('Токен истёк'))).toHaveLength(1);
     expect(s.log.lines.filter((l) => l.includes('Токены успешно обновлены'))).toHaveLength(1);
     expect(s.amo.counts().refreshes).toBe(1);
