@@ -11,8 +11,6 @@ export interface ClaimedEvent {
   stage_number: number;
   status: string;
   attempts: number;
-  /** The event's move happened once already (a forced replay of a done event). */
-  was_done?: boolean;
   /** The deal remembered for this student, if any. */
   cached_lead_id: number | null;
   /** The mirror (amoCRM's hooks) knows the remembered deal is closed: no read needed. */
@@ -108,6 +106,11 @@ export function selectEvents(db: Db, q: { ids?: number[]; statuses?: string[] | 
 /** Which of these ids name no event at all. */
 export function missingEventIds(db: Db, ids: number[]): Promise<number[]> {
   return db.rpc<number[]>('amocrm_missing_event_ids', { p_ids: ids });
+}
+
+/** How many events are parked with these codes (all when omitted). */
+export async function countParked(db: Db, codes?: string[]): Promise<number> {
+  return (await db.rpc<{ parked: number }>('amocrm_count_parked', { p_codes: codes })).parked;
 }
 
 /** Parked events with these codes (all when omitted) go back to pending. */

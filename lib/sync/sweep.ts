@@ -5,8 +5,7 @@
 import type { Runtime } from '../runtime.ts';
 import { AmoError } from '../amocrm/errors.ts';
 import type { AmoResources } from '../amocrm/resources.ts';
-import { reconcile, resumeParked } from '../db/outbox.ts';
-import { syncStatus } from '../db/settings.ts';
+import { countParked, reconcile, resumeParked } from '../db/outbox.ts';
 import type { OutcomeStatus } from './deps.ts';
 import { applyPendingDeliveries } from '../mirror/apply.ts';
 import { reconcileFeed } from '../mirror/feed.ts';
@@ -83,15 +82,18 @@ export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise
 }
 
 /** Events parked because amoCRM refused the account (402/403) come back once it answers. */
+const ACCOUNT_CODES = ['payment_required', 'account_blocked', 'unauthorized', 'oauth_not_configured'];
+
 async function resumeAccountParked(rt: Runtime, amo: AmoResources): Promise<number> {
-  const status = await syncStatus(rt.db, 0);
-  if (!status.counts.parked) return 0;
+  // Only events parked on the account cost a look at amoCRM (token-chain ones resume when
+  // an operator stores new tokens).
+  if (!(await countParked(rt.db, ACCOUNT_CODES))) return 0;
   try {
     await amo.getAccount();
   } catch {
     return 0; // still refused: the parked events wait, their ❌ line was logged once
   }
-  const resumed = await resumeParked(rt.db, ['payment_required', 'account_blocked', 'unauthorized', 'oauth_not_configured']);
+  const resumed = await resumeParked(rt.db, ACCOUNT_CODES);
   if (resumed) rt.log.ok('amoCRM снова отвечает: отложенные события возвращены в очередь', { resumed });
   return resumed;
 }

@@ -156,19 +156,10 @@ $$;
 -- ---------------------------------------------------------------------------
 -- done_at: when the event's deal was first found in (or moved to) the lesson's stage. A
 -- forced replay of a done event whose deal has since gone further must not turn it into
--- skipped: the move did happen. The claim tells the invocation (was_done), and
--- finish_event keeps such an event done.
+-- skipped: the move did happen. finish_event keeps such an event done (and says so in
+-- its answer, which the invocation logs).
 alter table amocrm.sync_events add column if not exists done_at timestamptz;
 update amocrm.sync_events set done_at = coalesce(finished_at, updated_at) where status = 'done' and done_at is null;
-
-create or replace function amocrm.event_json(e amocrm.sync_events) returns jsonb
-language sql stable set search_path = '' as $$
-  select jsonb_build_object(
-    'id', e.id, 'user_id', e.user_id, 'email', e.email, 'lesson_id', e.lesson_id,
-    'stage_number', e.stage_number, 'status', e.status, 'attempts', e.attempts,
-    'lead_id', e.lead_id, 'created_at', e.created_at, 'was_done', e.done_at is not null,
-    'cached_lead_id', (select l.lead_id from amocrm.student_leads l where l.user_id = e.user_id))
-$$;
 
 create or replace function public.amocrm_finish_event(
   p_event_id bigint, p_holder text, p_outcome text,
@@ -237,6 +228,19 @@ language sql stable security definer set search_path = '' as $$
   select coalesce(jsonb_agg(i order by i), '[]'::jsonb)
     from unnest(p_ids) as i
    where not exists (select 1 from amocrm.sync_events e where e.id = i)
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Parked events, counted cheaply
+-- ---------------------------------------------------------------------------
+-- The scheduled run asks every two minutes whether events wait on the account; an index
+-- lookup, not the status page's aggregate over the whole outbox.
+create or replace function public.amocrm_count_parked(p_codes text[] default null)
+returns jsonb
+language sql stable security definer set search_path = '' as $$
+  select jsonb_build_object('parked', count(*))
+    from amocrm.sync_events e
+   where e.status = 'parked' and (p_codes is null or e.last_error_code = any(p_codes))
 $$;
 
 select amocrm.lock_down_functions();

@@ -290,7 +290,7 @@ language sql stable set search_path = '' as $$
   select jsonb_build_object(
     'id', e.id, 'user_id', e.user_id, 'email', e.email, 'lesson_id', e.lesson_id,
     'stage_number', e.stage_number, 'status', e.status, 'attempts', e.attempts,
-    'lead_id', e.lead_id, 'created_at', e.created_at, 'was_done', e.done_at is not null,
+    'lead_id', e.lead_id, 'created_at', e.created_at,
     'cached_lead_id', (select l.lead_id from amocrm.student_leads l where l.user_id = e.user_id),
     'cached_lead_closed', (select d.closed from amocrm.student_leads l join amocrm.deals d on d.lead_id = l.lead_id
                             where l.user_id = e.user_id and not d.deleted))
