@@ -1,4 +1,4 @@
-// npm run bench [-- --burst 1000 --latency 100,300 --only write,calls,latency,burst,tokens,cold,topology]
+// npm run bench [-- --burst 1000 --latency 100,300 --only write,calls,latency,burst,tokens,cold,topology,console --console-events N]
 // Prints a table of figures, all measured in this run, on embedded PGlite — or on the
 // PostgreSQL server in DATABASE_URL. amoCRM is the local stand-in: it enforces 7 req/s,
 // blocks the account (403) after repeated 429s as amoCRM does, and answers after a random
@@ -13,9 +13,9 @@ import { deliverEvent } from '../lib/sync/process-event.ts';
 import { runSweep } from '../lib/sync/sweep.ts';
 import { exitOnUsageError, parseCommandLine, runMain, UsageError } from './cli.ts';
 
-const SECTIONS = ['write', 'calls', 'latency', 'burst', 'tokens', 'cold', 'topology'];
+const SECTIONS = ['write', 'calls', 'latency', 'burst', 'tokens', 'cold', 'topology', 'console'];
 const TOPOLOGY_PARTS = ['idle', 'cold', 'warm', 'ahead'];
-const USAGE = `Usage: npm run bench [-- --burst N --latency MIN,MAX --events N --rows N --only ${SECTIONS.join(',')} --topology ${TOPOLOGY_PARTS.join(',')} --db-rtt MS --json FILE]`;
+const USAGE = `Usage: npm run bench [-- --burst N --latency MIN,MAX --events N --rows N --only ${SECTIONS.join(',')} --topology ${TOPOLOGY_PARTS.join(',')} --db-rtt MS --console-events N --json FILE]`;
 const args = exitOnUsageError(() => {
   const { values } = parseCommandLine(process.argv.slice(2), {
     burst: { type: 'string', default: '1000' },
@@ -25,9 +25,10 @@ const args = exitOnUsageError(() => {
     only: { type: 'string' },
     topology: { type: 'string', default: TOPOLOGY_PARTS.join(',') },
     'db-rtt': { type: 'string', default: '0' },
+    'console-events': { type: 'string', default: '1000000' },
     json: { type: 'string' },
   });
-  for (const flag of ['burst', 'events', 'rows'] as const) {
+  for (const flag of ['burst', 'events', 'rows', 'console-events'] as const) {
     if (!/^[1-9]\d*$/.test(values[flag])) throw new UsageError(`--${flag} must be a positive whole number (got "${values[flag]}")`);
   }
   if (!/^\d+$/.test(values['db-rtt'])) throw new UsageError(`--db-rtt must be a whole number of ms (got "${values['db-rtt']}")`);
@@ -337,6 +338,19 @@ async function benchColdStart() {
   }
 }
 
+// ---------------------------------------------------------------------------------
+// 8. The operator console with a million events in the outbox (scripts/bench/console.ts):
+// every view timed, median of five after a warm-up. Target ≤ 300 ms on PostgreSQL 15.
+async function benchConsole() {
+  const events = Number(args['console-events']);
+  console.log(`\n[8] Operator console (${dbLabel}): ${events} events over 30 days, every view timed`);
+  const { measureConsole } = await import('./bench/console.ts');
+  const result = await measureConsole({ databaseUrl, events, log: (line) => console.log(`  … ${line}`) });
+  for (const f of result.figures) {
+    row(`console, ${f.view} (${result.events} events)`, `${f.medianMs.toFixed(1)} ms median, worst of 5 ${f.worstMs.toFixed(1)} ms`, '≤ 300 ms');
+  }
+}
+
 await runMain(async () => {
   console.log(`amocrm-lesson-sync benchmark — ${new Date().toISOString()}`);
   console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; database: ${dbLabel}`);
@@ -348,6 +362,7 @@ await runMain(async () => {
   if (want('tokens')) await benchTokens();
   if (want('cold')) await benchColdStart();
   if (want('topology')) await benchProductionTopology();
+  if (want('console')) await benchConsole();
 
   console.log(`\n| figure | value | target |\n|---|---|---|`);
   for (const r of rows) console.log(`| ${r.figure} | ${r.value} | ${r.target} |`);

@@ -78,9 +78,3 @@ export async function measureConsole(opts: { databaseUrl?: string; events?: numb
     await database.close();
   }
 }
-
-if (import.meta.url === `file://${process.argv[1]}`) {
-  const result = await measureConsole({ databaseUrl: process.env.DATABASE_URL, events: Number(process.env.EVENTS ?? 1_000_000), log: console.log });
-  const worst = result.figures.reduce((a, b) => (b.medianMs > a.medianMs ? b : a));
-  console.log(`${worst.medianMs <= 300 ? '✅' : '⚠️'} console with ${result.events} events: slowest view "${worst.view}" ${worst.medianMs.toFixed(0)} ms median (target ≤ 300 ms)`);
-}
