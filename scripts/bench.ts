@@ -1,4 +1,4 @@
-// npm run bench [-- --burst 1000 --latency 100,300 --only write,calls,latency,burst,tokens,cold,topology,console --console-events N]
+// npm run bench [-- --burst 1000 --latency 100,300 --only write,calls,latency,burst,tokens,cold,topology,console,start --console-events N]
 // Prints a table of figures, all measured in this run, on embedded PGlite — or on the
 // PostgreSQL server in DATABASE_URL. amoCRM is the local stand-in: it enforces 7 req/s,
 // blocks the account (403) after repeated 429s as amoCRM does, and answers after a random
@@ -13,7 +13,7 @@ import { deliverEvent } from '../lib/sync/process-event.ts';
 import { runSweep } from '../lib/sync/sweep.ts';
 import { exitOnUsageError, parseCommandLine, runMain, UsageError } from './cli.ts';
 
-const SECTIONS = ['write', 'calls', 'latency', 'burst', 'tokens', 'cold', 'topology', 'console'];
+const SECTIONS = ['write', 'calls', 'latency', 'burst', 'tokens', 'cold', 'topology', 'console', 'start'];
 const TOPOLOGY_PARTS = ['idle', 'cold', 'warm', 'ahead'];
 const USAGE = `Usage: npm run bench [-- --burst N --latency MIN,MAX --events N --rows N --only ${SECTIONS.join(',')} --topology ${TOPOLOGY_PARTS.join(',')} --db-rtt MS --console-events N --json FILE]`;
 const args = exitOnUsageError(() => {
@@ -351,6 +351,32 @@ async function benchConsole() {
   }
 }
 
+// ---------------------------------------------------------------------------------
+// 9. `npm start` to its first line: PGlite with the migrations, the stand-in, the functions.
+// Three fresh processes (PORT=0: any free port), each stopped once it has said it is up.
+async function benchStart() {
+  console.log('\n[9] npm start: from the command to "Встроенный режим запущен"');
+  const { spawn } = await import('node:child_process');
+  const times: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const t = performance.now();
+    const child = spawn(process.execPath, ['--import', 'tsx', 'dev/start.ts'], { env: { ...process.env, PORT: '0' }, stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve, reject) => {
+      let seen = '';
+      child.stdout!.on('data', (chunk: Buffer) => {
+        seen += chunk.toString();
+        if (seen.includes('Встроенный режим запущен')) resolve();
+      });
+      child.once('exit', (code) => reject(new Error(`npm start exited (${code}) before it was up`)));
+    });
+    times.push(performance.now() - t);
+    child.kill('SIGTERM');
+    await new Promise((r) => child.once('exit', r));
+    console.log(`  … run ${i + 1}: ${(times.at(-1)! / 1000).toFixed(1)} s`);
+  }
+  row('npm start: up (first line), median of 3', `${(median(times) / 1000).toFixed(1)} s (runs: ${times.map((x) => (x / 1000).toFixed(1)).join(', ')} s)`);
+}
+
 await runMain(async () => {
   console.log(`amocrm-lesson-sync benchmark — ${new Date().toISOString()}`);
   console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; database: ${dbLabel}`);
@@ -363,6 +389,7 @@ await runMain(async () => {
   if (want('cold')) await benchColdStart();
   if (want('topology')) await benchProductionTopology();
   if (want('console')) await benchConsole();
+  if (want('start')) await benchStart();
 
   console.log(`\n| figure | value | target |\n|---|---|---|`);
   for (const r of rows) console.log(`| ${r.figure} | ${r.value} | ${r.target} |`);
