@@ -93,6 +93,8 @@ const EXPECTED_FUNCTIONS = [
   'amocrm_mark_needs_reauth', 'amocrm_store_tokens', 'amocrm_take_rate_slot', 'amocrm_get_pipeline',
   'amocrm_put_pipeline', 'amocrm_doctor_facts', 'amocrm_resume_parked', 'amocrm_reconcile', 'amocrm_select_events',
   'amocrm_status',
+  // The burst migration (20261201000600): a drainer's batch writes.
+  'amocrm_finish_events', 'amocrm_remember_leads',
 ];
 const MIGRATE = 'apply the migrations in supabase/migrations (supabase db push, or paste them into the SQL editor in order)';
 const REAUTH = 'authorize again and store the tokens: npm run amocrm -- exchange-code <code from amoCRM>';

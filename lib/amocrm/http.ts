@@ -15,6 +15,8 @@ export interface AmoRequest {
   body?: unknown;
   /** Non-2xx statuses that are answers for this resource (e.g. 404 → no such deal), not failures. */
   answers?: readonly number[];
+  /** The caller no longer wants it (its batch stopped calling amoCRM): not sent if aborted before its slot comes. */
+  signal?: AbortSignal;
 }
 
 export interface AmoResponse<T = any> {
@@ -124,25 +126,51 @@ export interface AmoHttp {
   request<T = any>(req: AmoRequest): Promise<AmoResponse<T>>;
 }
 
+/**
+ * An invocation's first request goes alone; requests issued meanwhile wait for its answer
+ * before taking their slots. amoCRM counts requests when they arrive: the first one pays
+ * for what a warm invocation does not (a new connection, lazy initialisation) and can
+ * arrive after the next, which left on time, so two would land in one slot's gap. It also
+ * means a run that meets a 429 or an outage asks once, not once per request in flight.
+ */
 export function createAmoHttp(transport: Transport, tokens: TokenSource, limiter: RateLimiter): AmoHttp {
+  let first: Promise<unknown> | undefined;
+  let warm = false;
+
+  async function exchange<T>(req: AmoRequest): Promise<AmoResponse<T>> {
+    let token = await tokens.current();
+    // Before the slot: a slot is a promise to send now, not after axios has loaded.
+    await transport.ready?.();
+    for (let attempt = 0; ; attempt++) {
+      if (!req.signal?.aborted) await limiter.acquire();
+      if (req.signal?.aborted) throw retryable('cancelled', 'запрос к amoCRM отменён: пакет остановлен');
+      const res = await transport.send(req, token.accessToken);
+      if (res.status === 401 && attempt === 0) {
+        token = await tokens.afterUnauthorized(token); // refresh once, then retry once
+        continue;
+      }
+      if ((res.status >= 200 && res.status < 300) || req.answers?.includes(res.status)) {
+        return { status: res.status, data: res.status === 204 ? null : (res.data as T) };
+      }
+      const error = classifyStatus(res.status, res.headers, res.data);
+      if (res.status === 429) await limiter.rateLimited(error.details.retryAfterMs).catch(() => undefined);
+      throw error;
+    }
+  }
+
   return {
     async request<T>(req: AmoRequest): Promise<AmoResponse<T>> {
-      let token = await tokens.current();
-      // Before the slot: a slot is a promise to send now, not after axios has loaded.
-      await transport.ready?.();
-      for (let attempt = 0; ; attempt++) {
-        await limiter.acquire();
-        const res = await transport.send(req, token.accessToken);
-        if (res.status === 401 && attempt === 0) {
-          token = await tokens.afterUnauthorized(token); // refresh once, then retry once
-          continue;
-        }
-        if ((res.status >= 200 && res.status < 300) || req.answers?.includes(res.status)) {
-          return { status: res.status, data: res.status === 204 ? null : (res.data as T) };
-        }
-        const error = classifyStatus(res.status, res.headers, res.data);
-        if (res.status === 429) await limiter.rateLimited(error.details.retryAfterMs).catch(() => undefined);
-        throw error;
+      if (warm) return exchange<T>(req);
+      if (first) {
+        await first.catch(() => undefined);
+        return exchange<T>(req);
+      }
+      const mine = exchange<T>(req);
+      first = mine;
+      try {
+        return await mine;
+      } finally {
+        warm = true;
       }
     },
   };

@@ -93,12 +93,13 @@ function toPipeline(raw: any): Pipeline {
 export function amoResources(http: AmoHttp) {
   return {
     /** Contacts whose any field contains `query` (amoCRM's search over-matches: the caller filters). */
-    async searchContacts(query: string): Promise<ContactSearch> {
+    async searchContacts(query: string, signal?: AbortSignal): Promise<ContactSearch> {
       const contacts: Contact[] = [];
       for (let page = 1; ; page++) {
         const res = await http.request({
           method: 'GET', path: '/api/v4/contacts',
           query: [['query', query], ['with', 'leads'], ['limit', PAGE_LIMIT], ['page', page]],
+          signal,
         });
         if (!res.data) return { contacts, complete: true }; // 204: nothing (more) found
         contacts.push(...(res.data._embedded?.contacts ?? []).map(toContact));

@@ -19,9 +19,14 @@ export const endDrain = async (db: Db, holder: string, drained: number, lingerMs
 export const releaseDrain = (db: Db, holder: string) =>
   db.rpc<{ released: boolean; due: boolean }>('amocrm_release_drain', { p_holder: holder });
 
-/** While a drainer holds the queue, hands it this event (due now) and says so. */
-export const routeEvent = async (db: Db, eventId: number): Promise<{ drainerActive: boolean }> =>
-  ({ drainerActive: (await db.rpc<{ drainer_active: boolean }>('amocrm_route_event', { p_event_id: eventId })).drainer_active });
+/**
+ * While a drainer holds the queue, or has been rung and not yet begun, hands it this event
+ * (due now) and says so; `rung`: only rung so far (ring again in case the ring was lost).
+ */
+export async function routeEvent(db: Db, eventId: number): Promise<{ drainerActive: boolean; rung: boolean }> {
+  const r = await db.rpc<{ drainer_active: boolean; rung?: boolean }>('amocrm_route_event', { p_event_id: eventId });
+  return { drainerActive: r.drainer_active, rung: r.rung ?? false };
+}
 
 /** true for exactly one caller per interval, and only when no drainer holds the lease. */
 export const requestDrain = async (db: Db, minIntervalMs = 5000): Promise<boolean> =>

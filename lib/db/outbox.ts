@@ -58,12 +58,25 @@ export interface FinishResult {
   became_dead?: boolean;
 }
 
-export function finishEvent(db: Db, eventId: number, holder: string, outcome: FinishOutcome, f: FinishFields = {}): Promise<FinishResult> {
-  return db.rpc<FinishResult>('amocrm_finish_event', {
-    p_event_id: eventId, p_holder: holder, p_outcome: outcome,
-    p_error_code: f.code, p_error: f.error?.slice(0, 500),
-    p_lead_id: f.leadId, p_contact_id: f.contactId, p_status_id: f.statusId,
-    p_retry_in_ms: f.retryInMs === undefined ? undefined : Math.round(f.retryInMs), p_max_attempts: f.maxAttempts,
+export interface FinishItem extends FinishFields {
+  eventId: number;
+  outcome: FinishOutcome;
+}
+
+/**
+ * Records a batch's outcomes in one call (a drainer's round trips do not grow with its
+ * events). Each is checked against the lease as amocrm_finish_event does; the answers come
+ * back in the items' order.
+ */
+export async function finishEvents(db: Db, holder: string, items: FinishItem[]): Promise<FinishResult[]> {
+  if (!items.length) return [];
+  return db.rpc<FinishResult[]>('amocrm_finish_events', {
+    p_holder: holder,
+    p_outcomes: items.map((f) => ({
+      event_id: f.eventId, outcome: f.outcome, error_code: f.code, error: f.error?.slice(0, 500),
+      lead_id: f.leadId, contact_id: f.contactId, status_id: f.statusId,
+      retry_in_ms: f.retryInMs === undefined ? undefined : Math.round(f.retryInMs), max_attempts: f.maxAttempts,
+    })),
   });
 }
 
@@ -74,9 +87,12 @@ export function recordEvent(db: Db, e: { userId: string; lessonId: number; progr
   });
 }
 
-/** Stores the deal a search found for a student, before anything else can go wrong. */
-export async function rememberLead(db: Db, userId: string, leadId: number, contactId?: number, email?: string | null): Promise<void> {
-  await db.rpc('amocrm_remember_lead', { p_user_id: userId, p_lead_id: leadId, p_contact_id: contactId, p_email: email ?? undefined });
+/** Stores the deals a batch's searches found (one per student), before anything else can go wrong. */
+export async function rememberLeads(db: Db, found: { userId: string; leadId: number; contactId?: number; email?: string | null }[]): Promise<void> {
+  if (!found.length) return;
+  await db.rpc('amocrm_remember_leads', {
+    p_leads: found.map((f) => ({ user_id: f.userId, lead_id: f.leadId, contact_id: f.contactId, email: f.email ?? undefined })),
+  });
 }
 
 /** Forgets a remembered deal that is gone, closed or out of the pipeline. */

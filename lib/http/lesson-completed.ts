@@ -47,8 +47,11 @@ export const handleLessonCompleted = endpoint({
       eventId = recorded.event_id!;
     }
 
-    // While a drainer works through a backlog, the event joins its queue: no slot waiting here.
-    if ((await routeEvent(rt.db, eventId)).drainerActive) {
+    // While a drainer works through a backlog (or has just been rung for one), the event
+    // joins its queue: no slot waiting here.
+    const route = await routeEvent(rt.db, eventId);
+    if (route.drainerActive) {
+      if (route.rung) await wakeDrainer(rt);
       return json(202, { ok: true, event_id: eventId, outcome: 'queued', reason: 'a drainer is working through a backlog: the event is in its queue' });
     }
     const inv = rt.invocation(WEBHOOK_MAX_SLOT_WAIT_MS);

@@ -15,9 +15,9 @@ export interface StudentSearch {
 }
 
 /** Step 1: the contacts amoCRM finds for the e-mail (it over-matches) and the exact ones' deal ids. */
-export async function searchStudent(amo: AmoResources, email: string): Promise<StudentSearch> {
+export async function searchStudent(amo: AmoResources, email: string, signal?: AbortSignal): Promise<StudentSearch> {
   const wanted = normalizeEmail(email);
-  const { contacts, complete } = await amo.searchContacts(wanted);
+  const { contacts, complete } = await amo.searchContacts(wanted, signal);
   const exactLeadIds = contacts
     .filter((c) => c.emails.some((e) => normalizeEmail(e) === wanted))
     .flatMap((c) => c.leadIds);

@@ -3,6 +3,10 @@
 // (the scheduled run): a batch only shares amoCRM calls — remembered deals and the deals
 // of searched students are read together (250 per request), moves go 50 per PATCH.
 //
+// A batch runs at the rate limit: its contact searches go SEARCHES_IN_FLIGHT at a time
+// (each still takes its own slot from the shared limiter), and its found deals and its
+// outcomes are written in one database call each.
+//
 // Every event is planned inside its own error boundary, so one bad event never fails
 // its neighbours. Only a shared call (a bulk read, a bulk PATCH) may fail several events,
 // and then with its real classification. After a failure that would hit every further
@@ -11,12 +15,12 @@
 // (tokens, account), are parked with that same reason.
 import { AmoError } from '../amocrm/errors.ts';
 import { MAX_BATCH_MOVES, type Lead, type PipelineStatus } from '../amocrm/resources.ts';
-import { forgetLead, rememberLead, type ClaimedEvent } from '../db/outbox.ts';
+import { forgetLead, rememberLeads, type ClaimedEvent } from '../db/outbox.ts';
 import { getCachedPipeline, putCachedPipeline } from '../db/settings.ts';
 import { decideMove, type MoveDecision } from './decide.ts';
 import type { EventOutcome, SyncDeps } from './deps.ts';
 import { chooseFromSearch, chosenOrThrow, noEmail, rememberedStillUsable, searchStudent, type StudentSearch } from './find-deal.ts';
-import { recordClosedByMirror, recordDecision, recordDeferred, recordFailure, type Found } from './outcome.ts';
+import { closedByMirrorOutcome, decisionOutcome, deferredOutcome, failureOutcome, recordOutcomes, type Found, type PlannedOutcome } from './outcome.ts';
 
 interface Plan {
   event: ClaimedEvent;
@@ -24,6 +28,13 @@ interface Plan {
   decision: MoveDecision;
   target: number;
 }
+
+/**
+ * Contact searches of one batch in flight together. One at a time, amoCRM's answer time
+ * (100–300 ms) and the slot's round trip cap a drainer near 4.4 requests/s; three keep
+ * the limiter's 6/s busy. The limiter still spaces every request.
+ */
+export const SEARCHES_IN_FLIGHT = 3;
 
 const chunks = <T>(items: T[], size: number): T[][] =>
   Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size));
@@ -34,38 +45,45 @@ const stopsTheBatch = (err: unknown) =>
 
 export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], holder: string): Promise<EventOutcome[]> {
   const { amo, settings, db } = deps;
-  const outcomes = new Map<ClaimedEvent, EventOutcome>();
+  const outcomes = new Map<ClaimedEvent, PlannedOutcome>();
   const open = () => events.filter((e) => !outcomes.has(e));
   let stoppedBy: AmoError | undefined;
+  // Searches in flight when the batch stops are not sent (if their slot has not come yet).
+  const stopSearches = new AbortController();
+  const stop = (err: AmoError) => {
+    stoppedBy = err;
+    stopSearches.abort();
+  };
+  const cancelled = (err: unknown) => stoppedBy && err instanceof AmoError && err.code === 'cancelled';
 
   /** Runs `step` for one event inside its own boundary; a failure settles that event only. */
   const untried = (event: ClaimedEvent, stop: AmoError, found?: Found) => stop.kind === 'operator'
-    ? recordFailure(deps, event, holder, stop, found)
-    : recordDeferred(deps, event, holder, stop, found);
+    ? failureOutcome(deps, event, stop, found)
+    : deferredOutcome(deps, event, stop, found);
   const guarded = async <T>(event: ClaimedEvent, step: () => Promise<T>, found?: Found): Promise<T | undefined> => {
     if (stoppedBy) {
-      outcomes.set(event, await untried(event, stoppedBy, found));
+      outcomes.set(event, untried(event, stoppedBy, found));
       return undefined;
     }
     try {
       return await step();
     } catch (err) {
-      outcomes.set(event, await recordFailure(deps, event, holder, err, found));
-      if (stopsTheBatch(err)) stoppedBy = err as AmoError;
+      outcomes.set(event, cancelled(err) ? untried(event, stoppedBy!, found) : failureOutcome(deps, event, err, found));
+      if (!stoppedBy && stopsTheBatch(err)) stop(err as AmoError);
       return undefined;
     }
   };
   /** A call shared by several events: its failure is each one's, with the same classification. */
   const shared = async <T>(group: ClaimedEvent[], call: () => Promise<T>): Promise<T | undefined> => {
     if (stoppedBy) {
-      for (const e of group) outcomes.set(e, await untried(e, stoppedBy));
+      for (const e of group) outcomes.set(e, untried(e, stoppedBy));
       return undefined;
     }
     try {
       return await call();
     } catch (err) {
-      for (const e of group) outcomes.set(e, await recordFailure(deps, e, holder, err));
-      if (stopsTheBatch(err)) stoppedBy = err as AmoError;
+      for (const e of group) outcomes.set(e, failureOutcome(deps, e, err));
+      if (!stoppedBy && stopsTheBatch(err)) stop(err as AmoError);
       return undefined;
     }
   };
@@ -74,7 +92,7 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
   for (const event of events) if (!event.email) await guarded(event, async () => { throw noEmail(); });
 
   // 2. Remembered deals the mirror knows are closed need no read; the others are read together.
-  for (const event of open()) if (event.cached_lead_id && event.cached_lead_closed) outcomes.set(event, await recordClosedByMirror(deps, event, holder));
+  for (const event of open()) if (event.cached_lead_id && event.cached_lead_closed) outcomes.set(event, closedByMirrorOutcome(deps, event));
   const found = new Map<ClaimedEvent, Found>();
   const remembered = open().filter((e) => e.cached_lead_id);
   const rememberedLeads = remembered.length
@@ -93,22 +111,27 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
 
   // 3. Students with no usable deal: one contact search each, then all their deals in one read.
   const searches = new Map<ClaimedEvent, StudentSearch>();
-  for (const event of toSearch.filter((e) => !outcomes.has(e))) {
-    const search = await guarded(event, () => searchStudent(amo, event.email!));
-    if (search) searches.set(event, search);
-  }
-  const searched = [...searches.keys()].filter((e) => !outcomes.has(e));
+  const searchQueue = toSearch.filter((e) => !outcomes.has(e));
+  await Promise.all(Array.from({ length: Math.min(SEARCHES_IN_FLIGHT, searchQueue.length) }, async () => {
+    for (let event = searchQueue.shift(); event; event = searchQueue.shift()) {
+      const search = await guarded(event, () => searchStudent(amo, event!.email!, stopSearches.signal));
+      if (search) searches.set(event, search);
+    }
+  }));
+  // In the batch's order, whatever order the searches came back in.
+  const searched = toSearch.filter((e) => searches.has(e) && !outcomes.has(e));
   const candidateIds = searched.flatMap((e) => searches.get(e)!.exactLeadIds);
   const candidates = candidateIds.length ? await shared(searched, () => amo.getLeads(candidateIds)) : [];
+  const chosenNow: Parameters<typeof rememberLeads>[1] = [];
   for (const event of searched.filter((e) => !outcomes.has(e))) {
-    const chosen = await guarded(event, async () => {
-      const choice = chosenOrThrow(chooseFromSearch(searches.get(event)!, candidates ?? [], settings.pipelineId));
-      // Kept now: a deferred, retried or failed event never pays this search again.
-      await rememberLead(db, event.user_id, choice.lead.id, choice.contactId, event.email);
-      return choice;
-    });
-    if (chosen) found.set(event, chosen);
+    const chosen = await guarded(event, async () => chosenOrThrow(chooseFromSearch(searches.get(event)!, candidates ?? [], settings.pipelineId)));
+    if (!chosen) continue;
+    found.set(event, chosen);
+    chosenNow.push({ userId: event.user_id, leadId: chosen.lead.id, contactId: chosen.contactId, email: event.email });
   }
+  // Kept now, all in one call: a deferred, retried or failed event never pays its search
+  // again. Losing this write costs only that (a done event records its deal anyway).
+  await rememberLeads(db, chosenNow).catch((err) => deps.log.warn('Найденные сделки не сохранены: при повторе поиск будет сделан снова', { error: String((err as Error)?.message ?? err).slice(0, 120) }));
 
   // 4. Decide each (forward only). The stage order is read at most once, and only if needed.
   let order: Promise<PipelineStatus[] | undefined> | undefined;
@@ -126,7 +149,7 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
   const byLead = new Map<number, Plan>();
   for (const plan of plans) {
     if (byLead.has(plan.found.lead.id)) {
-      outcomes.set(plan.event, await recordDeferred(deps, plan.event, holder, new AmoError('retryable', 'deal_shared', 'другое событие этой сделки в том же пакете'), plan.found));
+      outcomes.set(plan.event, deferredOutcome(deps, plan.event, new AmoError('retryable', 'deal_shared', 'другое событие этой сделки в том же пакете'), plan.found));
     } else byLead.set(plan.found.lead.id, plan);
   }
 
@@ -141,15 +164,17 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
         await amo.moveLead(plan.found.lead.id, settings.pipelineId, plan.target);
         return true;
       }, plan.found));
-      if (moved) outcomes.set(plan.event, await recordDecision(deps, plan.event, holder, plan.found, plan.decision, plan.target));
+      if (moved) outcomes.set(plan.event, decisionOutcome(deps, plan.event, plan.found, plan.decision, plan.target));
     }
   }
 
   // 7. Nothing to move (already there, or skipped): record the decision.
   for (const plan of byLead.values()) {
-    if (!outcomes.has(plan.event)) outcomes.set(plan.event, await recordDecision(deps, plan.event, holder, plan.found, plan.decision, plan.target));
+    if (!outcomes.has(plan.event)) outcomes.set(plan.event, decisionOutcome(deps, plan.event, plan.found, plan.decision, plan.target));
   }
-  return events.map((e) => outcomes.get(e)!);
+
+  // 8. Every outcome in one write, then one log line each.
+  return recordOutcomes(deps, holder, events.map((e) => outcomes.get(e)!));
 }
 
 /** The forward-only decision for this event's lesson against the deal's current stage. */

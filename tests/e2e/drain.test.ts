@@ -9,6 +9,9 @@ import { buildRuntime, type Runtime } from '../../lib/runtime.ts';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
 import { runDrain } from '../../lib/sync/drain.ts';
 import { runLookahead } from '../../lib/sync/lookahead.ts';
+import { SEARCHES_IN_FLIGHT, processEvents } from '../../lib/sync/steps.ts';
+import { claimDue } from '../../lib/db/outbox.ts';
+import { faultyDb } from '../helpers/faulty-db.ts';
 import { createStack, dbWebhookBody, STAGE, type Stack } from '../helpers/stack.ts';
 
 let s: Stack;
@@ -120,6 +123,79 @@ describe('the webhook and the drainer', () => {
   });
 });
 
+describe('a drainer that has been rung', () => {
+  it('takes the webhooks\' events before its first batch: they answer queued at once, without a second ring', async () => {
+    const students = await Promise.all([1, 2].map(() => s.addStudent(email('rung'))));
+    expect(await s.t.db.rpc('amocrm_request_drain', {})).toEqual({ wake: true }); // the first deferral rang it
+    const answers = await Promise.all(students.map((st) => handleLessonCompleted(s.webhookRequest(dbWebhookBody(st.userId, 67)), async () => rt)));
+    expect(answers.map((a) => a.status)).toEqual([202, 202]);
+    expect((await Promise.all(answers.map((a) => a.json()))).map((a) => a.outcome)).toEqual(['queued', 'queued']);
+    expect(s.amo.counts().total).toBe(0);
+    expect(wakes).toEqual([]); // rung less than 5 s ago: not rung again
+    const due = await s.t.sql(`select count(*)::int as n from amocrm.sync_events where user_id = any($1::uuid[]) and status = 'pending' and next_attempt_at <= now()`,
+      [students.map((st) => st.userId)]);
+    expect(due[0]!.n).toBe(2);
+    // The drainer it rang takes them.
+    expect(await drain()).toMatchObject({ claimed: 2, outcomes: { done: 2 } });
+  });
+
+  it('counts only until that drainer begins, and only for a while: then webhooks deliver their own events again', async () => {
+    await s.t.db.rpc('amocrm_request_drain', {});
+    await s.t.db.rpc('amocrm_begin_drain', { p_holder: 'answered' });
+    await s.t.db.rpc('amocrm_release_drain', { p_holder: 'answered' }); // it began and ended: nobody is coming
+    const after = await s.addStudent(email('after'));
+    expect(await webhook(after.userId, 67)).toMatchObject({ outcome: 'done', moved: true });
+
+    await s.t.sql(`update amocrm.drainer set last_woken_at = now() - interval '11 seconds', started_at = now() - interval '1 minute'`);
+    const late = await s.addStudent(email('late-ring'));
+    expect(await webhook(late.userId, 67)).toMatchObject({ outcome: 'done', moved: true });
+  });
+
+  it('a ring that is still unanswered after 5 s is repeated by the next webhook', async () => {
+    await s.t.db.rpc('amocrm_request_drain', {});
+    await s.t.sql(`update amocrm.drainer set last_woken_at = now() - interval '6 seconds'`);
+    const student = await s.addStudent(email('re-ring'));
+    expect(await webhook(student.userId, 67)).toMatchObject({ outcome: 'queued' });
+    expect(wakes).toHaveLength(1);
+    expect(await drain()).toMatchObject({ outcomes: { done: 1 } });
+  });
+});
+
+describe('a batch at the limit', () => {
+  it('keeps three contact searches in flight (never more), remembers the found deals and writes every outcome in one call each', async () => {
+    const students = await Promise.all(Array.from({ length: 9 }, () => s.addStudent(email('inflight'))));
+    for (const st of students) await s.complete(st.userId, 67);
+    await s.t.sql(`update amocrm.sync_events set next_attempt_at = now() where status = 'pending'`);
+    const inv = rt.invocation(10_000);
+    const db = faultyDb(s.t.db);
+    let inFlight = 0;
+    let most = 0;
+    const amo = {
+      ...inv.sync.amo,
+      async searchContacts(...args: Parameters<typeof inv.sync.amo.searchContacts>) {
+        most = Math.max(most, ++inFlight);
+        try { return await inv.sync.amo.searchContacts(...args); } finally { inFlight--; }
+      },
+    };
+    const batch = await claimDue(s.t.db, inv.holder, 50);
+    expect(batch).toHaveLength(9);
+    const outcomes = await processEvents({ ...inv.sync, db, amo }, batch, inv.holder);
+    expect(outcomes.map((o) => o.status)).toEqual(batch.map(() => 'done'));
+    expect(outcomes.map((o) => o.eventId)).toEqual(batch.map((e) => e.id)); // in the batch's order
+    expect(SEARCHES_IN_FLIGHT).toBe(3);
+    expect(most).toBe(3);
+    expect(s.amo.counts().byRoute['GET /api/v4/contacts']).toBe(9);
+    expect(s.amo.counts().patches).toBe(1);
+    const calls = db.calls.map((c) => c.fn);
+    expect(calls.filter((fn) => fn === 'amocrm_finish_events')).toHaveLength(1);
+    expect(calls.filter((fn) => fn === 'amocrm_remember_leads')).toHaveLength(1);
+    expect(calls.filter((fn) => fn === 'amocrm_finish_event' || fn === 'amocrm_remember_lead')).toEqual([]);
+    const kept = await s.t.sql(`select count(*)::int as n from amocrm.student_leads where user_id = any($1::uuid[])`, [students.map((st) => st.userId)]);
+    expect(kept[0]!.n).toBe(9);
+    expect(students.map((st) => s.amo.lead(st.leadId)!.statusId)).toEqual(students.map(() => STAGE.lesson1));
+  });
+});
+
 describe('fairness', () => {
   it('retries take at most half a batch: fresh events are never starved', async () => {
     const students = await Promise.all(Array.from({ length: 8 }, () => s.addStudent(email('fair'))));
@@ -193,6 +269,22 @@ describe('deals found ahead of time', () => {
     expect(await webhook(closed.userId, 67)).toMatchObject({ outcome: 'done', lead_id: other });
     expect(s.amo.counts().byRoute['GET /api/v4/contacts']).toBe(1);
     expect(s.amo.lead(remembered)!.statusId).toBe(143);
+  });
+
+  it('look-ahead jobs left when the scheduled run\'s budget ends wake the background drainer (not when look-ahead is off)', async () => {
+    await s.addStudent(email('wake-ahead'));
+    const tight = () => runDrain(rt, { budgetMs: 1_000, reserveMs: 1_000 }); // out of budget at once, jobs left
+    expect(await tight()).toMatchObject({ ran: true, stoppedBy: 'budget' });
+    expect(wakes).toHaveLength(1);
+
+    await s.t.sql(`update amocrm.drainer set last_woken_at = null`);
+    await s.t.sql(`update amocrm.system_settings set value = 'false' where key = 'lookahead_enabled'`);
+    try {
+      expect(await tight()).toMatchObject({ stoppedBy: 'budget' });
+      expect(wakes).toHaveLength(1);
+    } finally {
+      await s.t.sql(`update amocrm.system_settings set value = 'true' where key = 'lookahead_enabled'`);
+    }
   });
 
   it('sign-ups queue nothing when look-ahead is turned off', async () => {

@@ -106,6 +106,48 @@ describe('outbox events', () => {
     });
   });
 
+  describe('amocrm_finish_events (a batch in one call)', () => {
+    it('records each like amocrm_finish_event, answers in the given order, and leaves others\' events alone', async () => {
+      const [a, b, c] = [await dueEvent(), await dueEvent(), await dueEvent()];
+      for (const e of [a, b]) await rpc('amocrm_claim_event', { p_event_id: e.id, p_holder: 'batch' });
+      await rpc('amocrm_claim_event', { p_event_id: c.id, p_holder: 'someone-else' });
+      const answers = await t.db.rpc<J[]>('amocrm_finish_events', {
+        p_holder: 'batch',
+        p_outcomes: [
+          { event_id: b.id, outcome: 'retry', error_code: 'server_error', retry_in_ms: 20_000, max_attempts: 8 },
+          { event_id: c.id, outcome: 'done', lead_id: 7 },
+          { event_id: a.id, outcome: 'done', lead_id: 5, contact_id: 6, status_id: 111 },
+        ],
+      });
+      expect(answers).toHaveLength(3);
+      expect(answers[0]).toMatchObject({ recorded: true, status: 'failed', became_dead: false });
+      expect(answers[1]).toMatchObject({ recorded: false, status: 'processing' });
+      expect(answers[2]).toMatchObject({ recorded: true, status: 'done' });
+      const rowA = await row(a.id);
+      expect([rowA.status, Number(rowA.lead_id), Number(rowA.status_id), rowA.lease_holder]).toEqual(['done', 5, 111, null]);
+      expect(await row(b.id)).toMatchObject({ status: 'failed', retryable: true, last_error_code: 'server_error' });
+      expect(await row(c.id)).toMatchObject({ status: 'processing', lease_holder: 'someone-else' });
+      const [kept] = await t.sql('select lead_id, contact_id from amocrm.student_leads where user_id = $1', [a.user]);
+      expect([Number(kept!.lead_id), Number(kept!.contact_id)]).toEqual([5, 6]);
+    });
+
+    it('an empty batch records nothing; a batch that is not a list is refused with 22023', async () => {
+      expect(await rpc('amocrm_finish_events', { p_holder: 'x', p_outcomes: null })).toEqual([]);
+      await expect(t.db.rpc('amocrm_finish_events', { p_holder: 'x', p_outcomes: { event_id: 1 } })).rejects.toMatchObject({ code: '22023' });
+    });
+  });
+
+  describe('amocrm_remember_leads', () => {
+    it('keeps one deal per student and updates a known one', async () => {
+      const [u1, u2] = [await createUser(t, uniqueEmail()), await createUser(t, uniqueEmail())];
+      await rpc('amocrm_remember_lead', { p_user_id: u2, p_lead_id: 1, p_contact_id: 9 });
+      expect(await rpc('amocrm_remember_leads', { p_leads: [{ user_id: u1, lead_id: 10, contact_id: 20, email: 'a@b.kz' }, { user_id: u2, lead_id: 11 }] }))
+        .toEqual({ remembered: 2 });
+      const rows = await t.sql('select user_id, lead_id::int, contact_id::int from amocrm.student_leads where user_id = any($1::uuid[]) order by lead_id', [[u1, u2]]);
+      expect(rows).toEqual([{ user_id: u1, lead_id: 10, contact_id: 20 }, { user_id: u2, lead_id: 11, contact_id: 9 }]);
+    });
+  });
+
   describe('amocrm_finish_event', () => {
     it('only the lease holder records', async () => {
       const { id } = await dueEvent();

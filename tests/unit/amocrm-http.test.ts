@@ -26,6 +26,38 @@ function setup(timeoutMs = 2000) {
 const errorOf = (p: Promise<unknown>) => p.then(() => { throw new Error('expected a failure'); }, (e) => e as AmoError);
 
 describe('request sender', () => {
+  it('an invocation\'s first request goes alone: requests issued with it start after its answer, later ones in parallel', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const log: string[] = [];
+    server.use(http.get(`${BASE}/api/v4/contacts`, async ({ request }) => {
+      const q = new URL(request.url).searchParams.get('query');
+      most = Math.max(most, ++inFlight);
+      log.push(`start ${q}`);
+      await delay(30);
+      log.push(`end ${q}`);
+      inFlight--;
+      return new HttpResponse(null, { status: 204 });
+    }));
+    const { amo, seen } = setup();
+    await Promise.all(['a@x.kz', 'b@x.kz', 'c@x.kz'].map((q) => amo.searchContacts(q)));
+    expect(log.slice(0, 2)).toEqual(['start a@x.kz', 'end a@x.kz']);
+    expect(most).toBe(2); // b and c together, once a was answered
+    await Promise.all(['d@x.kz', 'e@x.kz'].map((q) => amo.searchContacts(q)));
+    expect(log.slice(6, 8).sort()).toEqual(['start d@x.kz', 'start e@x.kz']);
+    expect(seen.slots).toBe(5);
+  });
+
+  it('a request whose caller gave up before its slot came is not sent', async () => {
+    let sent = 0;
+    server.use(http.get(`${BASE}/api/v4/contacts`, () => { sent++; return new HttpResponse(null, { status: 204 }); }));
+    const { amo, seen } = setup();
+    const gaveUp = AbortSignal.abort();
+    const err = await errorOf(amo.searchContacts('a@x.kz', gaveUp));
+    expect([err.kind, err.code]).toEqual(['retryable', 'cancelled']);
+    expect([sent, seen.slots]).toEqual([0, 0]);
+  });
+
   it('204 on a contact search means nothing found, not an error', async () => {
     server.use(http.get(`${BASE}/api/v4/contacts`, () => new HttpResponse(null, { status: 204 })));
     expect(await setup().amo.searchContacts('nobody@x.kz')).toEqual({ contacts: [], complete: true });

@@ -1,0 +1,125 @@
+-- amocrm-lesson-sync, bursts at the limit: a batch's outcomes and found deals are written
+-- in one call each (a drainer's database round trips no longer grow with its events), a
+-- drainer that has just been rung already takes the webhooks' events, and look-ahead jobs
+-- that are due wake the drainer too. Same rules as the earlier migrations.
+
+-- ---------------------------------------------------------------------------
+-- One call for a batch's outcomes
+-- ---------------------------------------------------------------------------
+-- p_outcomes: [{event_id, outcome, error_code?, error?, lead_id?, contact_id?, status_id?,
+-- retry_in_ms?, max_attempts?}, ...]. Each is recorded exactly as amocrm_finish_event
+-- records it (same lease check, same answer), in event id order so two batches never
+-- wait on each other's rows in opposite orders; the answers come back in the given order.
+create or replace function public.amocrm_finish_events(p_holder text, p_outcomes jsonb)
+returns jsonb
+language plpgsql security definer set search_path = '' as $$
+declare
+  o record;
+  v_answers jsonb := '{}'::jsonb;
+begin
+  if jsonb_typeof(coalesce(p_outcomes, '[]'::jsonb)) <> 'array' then
+    raise exception 'amocrm_finish_events: p_outcomes must be a JSON array' using errcode = '22023';
+  end if;
+  for o in
+    select x.i, x.item from jsonb_array_elements(coalesce(p_outcomes, '[]'::jsonb)) with ordinality as x(item, i)
+     order by (x.item->>'event_id')::bigint, x.i
+  loop
+    v_answers := v_answers || jsonb_build_object(o.i::text, public.amocrm_finish_event(
+      p_event_id     => (o.item->>'event_id')::bigint,
+      p_holder       => p_holder,
+      p_outcome      => o.item->>'outcome',
+      p_error_code   => o.item->>'error_code',
+      p_error        => o.item->>'error',
+      p_lead_id      => (o.item->>'lead_id')::bigint,
+      p_contact_id   => (o.item->>'contact_id')::bigint,
+      p_status_id    => (o.item->>'status_id')::bigint,
+      p_retry_in_ms  => (o.item->>'retry_in_ms')::integer,
+      p_max_attempts => coalesce((o.item->>'max_attempts')::integer, 8)));
+  end loop;
+  return coalesce((select jsonb_agg(v_answers->(i::text) order by i)
+                     from generate_series(1, jsonb_array_length(coalesce(p_outcomes, '[]'::jsonb))) as i), '[]'::jsonb);
+end $$;
+
+-- The deals a batch's searches found, remembered in one call ([{user_id, lead_id,
+-- contact_id?, email?}, ...]); the same upsert as amocrm_remember_lead, one row per student.
+create or replace function public.amocrm_remember_leads(p_leads jsonb)
+returns jsonb
+language sql security definer set search_path = '' as $$
+  with found as (
+    select distinct on (x.user_id) x.user_id, x.lead_id, x.contact_id, x.email
+      from jsonb_to_recordset(coalesce(p_leads, '[]'::jsonb)) as x(user_id uuid, lead_id bigint, contact_id bigint, email text)
+     where x.user_id is not null and x.lead_id is not null),
+  kept as (
+    insert into amocrm.student_leads as l (user_id, email, lead_id, contact_id)
+    select f.user_id, f.email, f.lead_id, f.contact_id from found f
+    on conflict (user_id) do update
+       set lead_id = excluded.lead_id,
+           contact_id = coalesce(excluded.contact_id, l.contact_id),
+           email = coalesce(excluded.email, l.email),
+           updated_at = now()
+    returning 1)
+  select jsonb_build_object('remembered', (select count(*) from kept))
+$$;
+
+-- ---------------------------------------------------------------------------
+-- A drainer that has just been rung takes the webhooks' events
+-- ---------------------------------------------------------------------------
+-- Between the ring and the drainer's first batch (a cold start, up to a second or two)
+-- the rest of a burst's webhooks would each wait for a slot and defer their event. A ring
+-- that no drainer has answered yet (woken after the last drain began) counts as a drainer
+-- for p_woken_ms: the webhook hands its event over and answers at once. rung=true says
+-- the drainer is only rung, not running: the webhook rings again (at most once per 5 s),
+-- so a ring that was lost is repeated; the scheduled run is the last backstop.
+create or replace function public.amocrm_route_event(p_event_id bigint, p_woken_ms integer default 10000)
+returns jsonb
+language plpgsql security definer set search_path = '' as $$
+declare
+  v_leased boolean;
+  v_rung boolean;
+begin
+  select coalesce(t.lease_until >= now(), false),
+         coalesce(t.last_woken_at > now() - make_interval(secs => greatest(p_woken_ms, 0) / 1000.0)
+                  and (t.started_at is null or t.last_woken_at > t.started_at), false)
+    into v_leased, v_rung
+    from amocrm.drainer t where t.key = 'drain' for share;
+  if coalesce(v_leased or v_rung, false) then
+    update amocrm.sync_events s set next_attempt_at = least(s.next_attempt_at, now()), updated_at = now()
+     where s.id = p_event_id and s.status = 'pending';
+  end if;
+  return jsonb_build_object('drainer_active', coalesce(v_leased or v_rung, false),
+                            'rung', coalesce(v_rung and not v_leased, false));
+end $$;
+drop function if exists public.amocrm_route_event(bigint);
+
+-- ---------------------------------------------------------------------------
+-- Look-ahead jobs wake the drainer too
+-- ---------------------------------------------------------------------------
+-- Jobs the drainer would claim now (look-ahead on, student not already known or in a
+-- lesson event).
+create or replace function amocrm.due_lookahead_jobs() returns boolean
+language sql stable set search_path = '' as $$
+  select coalesce((select (s.value #>> '{}')::boolean from amocrm.system_settings s where s.key = 'lookahead_enabled'), true)
+     and exists (select 1 from amocrm.lookahead_jobs j
+                  where ((j.status = 'pending' and j.next_attempt_at <= now())
+                         or (j.status = 'processing' and j.lease_until < now()))
+                    and not exists (select 1 from amocrm.sync_events e where e.user_id = j.user_id)
+                    and not exists (select 1 from amocrm.student_leads l where l.user_id = j.user_id))
+$$;
+
+-- The scheduled run's budget ends with work left: lesson events or look-ahead jobs due
+-- both want the background drainer (it has 15 minutes; the scheduled run 30 s).
+create or replace function public.amocrm_release_drain(p_holder text)
+returns jsonb
+language sql security definer set search_path = '' as $$
+  with r as (
+    update amocrm.drainer t set holder = null, lease_until = null
+     where t.key = 'drain' and t.holder = p_holder
+    returning 1)
+  select jsonb_build_object('released', exists (select 1 from r),
+                            'due', amocrm.due_lesson_events() or amocrm.due_lookahead_jobs())
+$$;
+
+select amocrm.lock_down_functions();
+
+-- PostgREST learns about the new functions (ignored where nobody listens).
+notify pgrst, 'reload schema';
