@@ -21,11 +21,12 @@ export const releaseDrain = (db: Db, holder: string) =>
 
 /**
  * While a drainer holds the queue, or has been rung and not yet begun, hands it this event
- * (due now) and says so; `rung`: only rung so far (ring again in case the ring was lost).
+ * (due now) and says so; `ring`: that drainer has not begun 5 s after the ring, and this
+ * caller (the only one) should ring again.
  */
-export async function routeEvent(db: Db, eventId: number): Promise<{ drainerActive: boolean; rung: boolean }> {
-  const r = await db.rpc<{ drainer_active: boolean; rung?: boolean }>('amocrm_route_event', { p_event_id: eventId });
-  return { drainerActive: r.drainer_active, rung: r.rung ?? false };
+export async function routeEvent(db: Db, eventId: number): Promise<{ drainerActive: boolean; ring: boolean }> {
+  const r = await db.rpc<{ drainer_active: boolean; ring?: boolean }>('amocrm_route_event', { p_event_id: eventId });
+  return { drainerActive: r.drainer_active, ring: r.ring ?? false };
 }
 
 /** true for exactly one caller per interval, and only when no drainer holds the lease. */

@@ -34,9 +34,12 @@ export async function claimEvent(db: Db, eventId: number, holder: string, status
   return r.claimed ? { claimed: true, event: r.event! } : { claimed: false, reason: r.reason ?? 'status', event: r.event };
 }
 
-/** Claims up to `limit` due events, at most one per student, oldest due first. */
-export function claimDue(db: Db, holder: string, limit: number): Promise<ClaimedEvent[]> {
-  return db.rpc<ClaimedEvent[]>('amocrm_claim_due', { p_holder: holder, p_limit: limit, p_lease_seconds: LEASE_SECONDS });
+/**
+ * Claims up to `limit` due events, at most one per student, oldest due first; of them at
+ * most `maxUnknown` students without a remembered deal (each costs a contact search).
+ */
+export function claimDue(db: Db, holder: string, limit: number, maxUnknown?: number): Promise<ClaimedEvent[]> {
+  return db.rpc<ClaimedEvent[]>('amocrm_claim_due', { p_holder: holder, p_limit: limit, p_lease_seconds: LEASE_SECONDS, p_max_unknown: maxUnknown });
 }
 
 export type FinishOutcome = 'done' | 'skipped' | 'retry' | 'failed' | 'parked' | 'deferred';

@@ -2,7 +2,7 @@
 // completion commits (or a Database Webhook created in the Supabase dashboard).
 import { routeEvent } from '../db/drain.ts';
 import { recordEvent } from '../db/outbox.ts';
-import { wakeDrainer } from '../sync/drain.ts';
+import { ringDrainer, wakeDrainer } from '../sync/drain.ts';
 import { deliverEvent, type DeliveryResult } from '../sync/process-event.ts';
 import { isCompleted, parseJson, parseWebhookBody, readBody } from '../webhook/payload.ts';
 import { verifyWebhook } from '../webhook/verify.ts';
@@ -51,7 +51,7 @@ export const handleLessonCompleted = endpoint({
     // joins its queue: no slot waiting here.
     const route = await routeEvent(rt.db, eventId);
     if (route.drainerActive) {
-      if (route.rung) await wakeDrainer(rt);
+      if (route.ring) await ringDrainer(rt);
       return json(202, { ok: true, event_id: eventId, outcome: 'queued', reason: 'a drainer is working through a backlog: the event is in its queue' });
     }
     const inv = rt.invocation(WEBHOOK_MAX_SLOT_WAIT_MS);

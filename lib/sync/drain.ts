@@ -20,10 +20,16 @@ export interface DrainOptions {
   /** Leave this much of the budget for the batch in hand to finish. */
   reserveMs?: number;
   /**
-   * Events per batch. A cold batch of 50 costs 50 searches, one read and one PATCH (52
-   * calls, about 9 s at 6/s): close to the floor, and well inside the 90 s claim lease.
+   * Events per batch: one bulk read's worth (250 deals). Students with a remembered deal
+   * cost a batch only their share of that read and of the PATCHes (50 moves each).
    */
   batchSize?: number;
+  /**
+   * Of a batch, at most this many students without a remembered deal (a contact search
+   * each). 50 searches, their read and a PATCH are about 9 s at 6/s: at a halved rate still
+   * well inside the 60 s drain lease and the 90 s claim lease.
+   */
+  maxSearches?: number;
   /** Also work the look-ahead jobs once no lesson event is due. */
   lookahead?: boolean;
   /**
@@ -44,7 +50,8 @@ export interface DrainReport {
 }
 
 export async function runDrain(rt: Runtime, options: DrainOptions): Promise<DrainReport> {
-  const { budgetMs, reserveMs = 12_000, batchSize = 50, lookahead = true, lingerMs = 0 } = options;
+  const { budgetMs, reserveMs = 12_000, batchSize = 250, lookahead = true, lingerMs = 0 } = options;
+  const maxSearches = Math.min(options.maxSearches ?? 50, batchSize);
   const { db, clock } = rt;
   const started = clock.now();
   const left = () => budgetMs - (clock.now() - started);
@@ -63,7 +70,7 @@ export async function runDrain(rt: Runtime, options: DrainOptions): Promise<Drai
         report.stoppedBy = 'lease_lost';
         return done();
       }
-      const batch = await claimDue(db, inv.holder, batchSize);
+      const batch = await claimDue(db, inv.holder, batchSize, maxSearches);
       if (batch.length) {
         report.claimed += batch.length;
         for (const o of await processEvents(inv.sync, batch, inv.holder)) report.outcomes[o.status] = (report.outcomes[o.status] ?? 0) + 1;
@@ -104,10 +111,21 @@ export async function runDrain(rt: Runtime, options: DrainOptions): Promise<Drai
  * scheduled run, which drains and wakes again.
  */
 export async function wakeDrainer(rt: Runtime): Promise<boolean> {
+  if (!rt.config.drainUrl) return false;
+  try {
+    if (!(await requestDrain(rt.db))) return false;
+  } catch (err) {
+    rt.log.warn('Обработчик очереди не запущен', { error: String((err as Error)?.message ?? err).slice(0, 120) });
+    return false;
+  }
+  return ringDrainer(rt);
+}
+
+/** The ring itself, for a caller the database has already chosen as the one to ring. */
+export async function ringDrainer(rt: Runtime): Promise<boolean> {
   const url = rt.config.drainUrl;
   if (!url) return false;
   try {
-    if (!(await requestDrain(rt.db))) return false;
     const res = await fetch(url, {
       method: 'POST',
       headers: { 'x-webhook-secret': rt.config.webhookSecret, 'content-type': 'application/json' },

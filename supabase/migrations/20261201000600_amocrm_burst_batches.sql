@@ -67,16 +67,26 @@ $$;
 -- Between the ring and the drainer's first batch (a cold start, up to a second or two)
 -- the rest of a burst's webhooks would each wait for a slot and defer their event. A ring
 -- that no drainer has answered yet (woken after the last drain began) counts as a drainer
--- for p_woken_ms: the webhook hands its event over and answers at once. rung=true says
--- the drainer is only rung, not running: the webhook rings again (at most once per 5 s),
--- so a ring that was lost is repeated; the scheduled run is the last backstop.
-create or replace function public.amocrm_route_event(p_event_id bigint, p_woken_ms integer default 10000)
+-- for p_woken_ms: the webhook hands its event over and answers at once. If that drainer
+-- has not begun p_ring_again_ms after the ring, exactly one webhook is told to ring again
+-- (ring=true), so a lost ring is repeated without a second call per webhook; the
+-- scheduled run is the last backstop.
+create or replace function public.amocrm_route_event(
+  p_event_id bigint, p_woken_ms integer default 10000, p_ring_again_ms integer default 5000)
 returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
   v_leased boolean;
   v_rung boolean;
+  v_ring boolean;
 begin
+  -- Claims the repeat ring; only a row that qualifies is locked, so webhooks do not queue here.
+  update amocrm.drainer t set last_woken_at = now()
+   where t.key = 'drain' and (t.lease_until is null or t.lease_until < now())
+     and t.last_woken_at > now() - make_interval(secs => greatest(p_woken_ms, 0) / 1000.0)
+     and t.last_woken_at < now() - make_interval(secs => greatest(p_ring_again_ms, 0) / 1000.0)
+     and (t.started_at is null or t.last_woken_at > t.started_at)
+  returning true into v_ring;
   select coalesce(t.lease_until >= now(), false),
          coalesce(t.last_woken_at > now() - make_interval(secs => greatest(p_woken_ms, 0) / 1000.0)
                   and (t.started_at is null or t.last_woken_at > t.started_at), false)
@@ -87,9 +97,67 @@ begin
      where s.id = p_event_id and s.status = 'pending';
   end if;
   return jsonb_build_object('drainer_active', coalesce(v_leased or v_rung, false),
-                            'rung', coalesce(v_rung and not v_leased, false));
+                            'ring', coalesce(v_ring, false));
 end $$;
 drop function if exists public.amocrm_route_event(bigint);
+
+-- ---------------------------------------------------------------------------
+-- Batches as large as a read, searches as many as a batch can afford
+-- ---------------------------------------------------------------------------
+-- A student with a remembered deal costs a batch nothing but a share of one read (250
+-- deals) and one PATCH (50 moves); a student without one costs a contact search. The
+-- drainer claims up to 250 events, but at most p_max_unknown students to search (50: a
+-- batch stays well inside its leases even at a halved rate). Oldest due first as before;
+-- once the searches are used up, further unknown students are left (still oldest) for the
+-- next batch while known students' events ride along: a known student's lesson is not
+-- queued behind a whole webinar of first lessons, and the first lessons lose only the
+-- extra PATCHes. Retries take at most half of a batch; one event per student.
+create or replace function public.amocrm_claim_due(
+  p_holder text, p_limit integer default 20, p_lease_seconds integer default 60, p_max_unknown integer default null)
+returns jsonb
+language plpgsql security definer set search_path = '' as $$
+declare
+  r record;
+  e amocrm.sync_events;
+  v_users uuid[] := '{}'::uuid[];
+  v_retries integer := 0;
+  v_max_retries integer := greatest(1, ceil(greatest(p_limit, 1) / 2.0)::integer);
+  v_unknown integer := 0;
+  v_max_unknown integer := least(greatest(coalesce(p_max_unknown, p_limit), 1), greatest(p_limit, 1));
+  v_claimed amocrm.sync_events[] := array[]::amocrm.sync_events[];
+begin
+  for r in
+    select s.id, s.user_id, s.status,
+           not exists (select 1 from amocrm.student_leads l where l.user_id = s.user_id) as unknown
+      from amocrm.sync_events s
+     where (s.status = 'pending' and s.next_attempt_at <= now())
+        or (s.status = 'failed' and s.retryable and s.next_attempt_at <= now())
+        or (s.status = 'processing' and s.lease_until < now())
+     order by s.next_attempt_at, s.id
+     limit greatest(p_limit, 1) * 4
+     for update of s skip locked
+  loop
+    exit when cardinality(v_claimed) >= p_limit;
+    continue when r.user_id = any(v_users);
+    continue when r.status = 'failed' and v_retries >= v_max_retries;
+    continue when r.unknown and v_unknown >= v_max_unknown;
+    -- Another transaction is claiming for this student right now: leave it to them.
+    continue when not pg_try_advisory_xact_lock(amocrm.student_lock_key(r.user_id));
+    continue when amocrm.student_busy(r.user_id, r.id);
+    update amocrm.sync_events s
+       set status = 'processing', lease_holder = p_holder,
+           lease_until = now() + make_interval(secs => p_lease_seconds),
+           attempts = s.attempts + 1, updated_at = now()
+     where s.id = r.id
+    returning * into e;
+    if r.status = 'failed' then v_retries := v_retries + 1; end if;
+    if r.unknown then v_unknown := v_unknown + 1; end if;
+    v_users := v_users || r.user_id;
+    v_claimed := v_claimed || e;
+  end loop;
+  return coalesce((select jsonb_agg(amocrm.event_json(v_claimed[i]) order by i) from generate_subscripts(v_claimed, 1) as i), '[]'::jsonb);
+end $$;
+drop function if exists public.amocrm_claim_due(text, integer, integer);
 
 -- ---------------------------------------------------------------------------
 -- Look-ahead jobs wake the drainer too

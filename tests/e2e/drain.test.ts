@@ -197,6 +197,22 @@ describe('a batch at the limit', () => {
 });
 
 describe('fairness', () => {
+  it('a batch searches at most its share of unknown students; known students\' events ride along, the rest stay oldest-first', async () => {
+    const unknown = await Promise.all(Array.from({ length: 5 }, () => s.addStudent(email('unknown'))));
+    const known = await Promise.all(Array.from({ length: 2 }, () => s.addStudent(email('known'))));
+    for (const st of known) await s.t.db.rpc('amocrm_remember_lead', { p_user_id: st.userId, p_lead_id: st.leadId });
+    // The unknown students' events are the oldest; the known students' the newest.
+    for (const [i, st] of [...unknown, ...known].entries()) {
+      await s.complete(st.userId, 67);
+      await s.t.sql(`update amocrm.sync_events set next_attempt_at = now() - make_interval(secs => $2) where user_id = $1`, [st.userId, 100 - i]);
+    }
+    const claimed = await s.t.db.rpc<{ user_id: string }[]>('amocrm_claim_due', { p_holder: 'capped', p_limit: 10, p_max_unknown: 2 });
+    expect(claimed.map((e) => e.user_id)).toEqual([unknown[0]!.userId, unknown[1]!.userId, known[0]!.userId, known[1]!.userId]);
+    const next = await s.t.db.rpc<{ user_id: string }[]>('amocrm_claim_due', { p_holder: 'capped', p_limit: 10, p_max_unknown: 2 });
+    expect(next.map((e) => e.user_id)).toEqual([unknown[2]!.userId, unknown[3]!.userId]);
+    await s.t.sql(`update amocrm.sync_events set status = 'dead' where lease_holder = 'capped'`);
+  });
+
   it('retries take at most half a batch: fresh events are never starved', async () => {
     const students = await Promise.all(Array.from({ length: 8 }, () => s.addStudent(email('fair'))));
     for (const st of students) await s.complete(st.userId, 67);
