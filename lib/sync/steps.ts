@@ -54,12 +54,13 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
     stoppedBy = err;
     stopSearches.abort();
   };
-  const cancelled = (err: unknown) => stoppedBy && err instanceof AmoError && err.code === 'cancelled';
+  const cancelled = (err: unknown) => stoppedBy !== undefined && err instanceof AmoError && err.code === 'cancelled';
 
-  /** Runs `step` for one event inside its own boundary; a failure settles that event only. */
+  /** An event the batch gives up on without trying it, for the reason the batch stopped. */
   const untried = (event: ClaimedEvent, stop: AmoError, found?: Found) => stop.kind === 'operator'
     ? failureOutcome(deps, event, stop, found)
     : deferredOutcome(deps, event, stop, found);
+  /** Runs `step` for one event inside its own boundary; a failure settles that event only. */
   const guarded = async <T>(event: ClaimedEvent, step: () => Promise<T>, found?: Found): Promise<T | undefined> => {
     if (stoppedBy) {
       outcomes.set(event, untried(event, stoppedBy, found));
