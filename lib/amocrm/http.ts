@@ -5,6 +5,7 @@
 import type { AxiosInstance } from 'axios';
 import { AmoError, needsOperator, permanent, retryable } from './errors.ts';
 import type { RateLimiter } from './rate-limit.ts';
+import { warmAgent, type WarmAgent } from './warm-agent.ts';
 
 export type QueryParams = [string, string | number][];
 
@@ -49,13 +50,18 @@ let defaultInstance: Promise<AxiosInstance> | undefined;
 const loadAxios = () => (defaultInstance ??= import('axios').then((m) => m.default.create()));
 
 export function axiosTransport(baseUrl: string, timeoutMs: number, instance?: AxiosInstance): Transport {
+  // A given instance (tests) brings its own connections.
+  const warm: WarmAgent | undefined = instance ? undefined : warmAgent(baseUrl);
   return {
     async ready() {
       if (!instance) await loadAxios();
+      // The connection too: the slot taken next is a promise to arrive then, not a handshake later.
+      await warm?.ready();
     },
     async send(req, bearer) {
       const query = req.query?.length ? `?${new URLSearchParams(req.query.map(([k, v]) => [k, String(v)]))}` : '';
       const client = instance ?? (await loadAxios());
+      warm?.sending();
       try {
         const res = await client.request({
           baseURL: baseUrl,
@@ -70,6 +76,7 @@ export function axiosTransport(baseUrl: string, timeoutMs: number, instance?: Ax
           responseType: 'text',
           transitional: { silentJSONParsing: true, forcedJSONParsing: false, clarifyTimeoutError: true },
           maxRedirects: 0,
+          ...(warm ? { httpAgent: warm.agent, httpsAgent: warm.agent } : {}),
         });
         return { status: res.status, data: parseBody(res.data), headers: res.headers as Record<string, string> };
       } catch (err) {

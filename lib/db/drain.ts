@@ -21,11 +21,12 @@ export const releaseDrain = (db: Db, holder: string) =>
 
 /**
  * While a drainer holds the queue, or has been rung and not yet begun, hands it this event
- * (due now) and says so; `ring`: that drainer has not begun 5 s after the ring, and this
- * caller (the only one) should ring again.
+ * (due now) and says so. `ring`: this caller (the only one) should ring the drainer — the
+ * rung one has not begun 5 s after the ring, or (with `ringAtBacklog`) at least that many
+ * events are pending and nobody drains: a burst.
  */
-export async function routeEvent(db: Db, eventId: number): Promise<{ drainerActive: boolean; ring: boolean }> {
-  const r = await db.rpc<{ drainer_active: boolean; ring?: boolean }>('amocrm_route_event', { p_event_id: eventId });
+export async function routeEvent(db: Db, eventId: number, ringAtBacklog?: number): Promise<{ drainerActive: boolean; ring: boolean }> {
+  const r = await db.rpc<{ drainer_active: boolean; ring?: boolean }>('amocrm_route_event', { p_event_id: eventId, p_backlog: ringAtBacklog });
   return { drainerActive: r.drainer_active, ring: r.ring ?? false };
 }
 

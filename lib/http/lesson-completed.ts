@@ -16,6 +16,8 @@ export const BODY_LIMIT_BYTES = 256 * 1024;
  * the drainer at once (function time is billed, and a burst has a thousand webhooks).
  */
 export const WEBHOOK_MAX_SLOT_WAIT_MS = 1000;
+/** This many lesson events pending at once is a burst: the webhook that sees it rings the drainer. */
+export const BURST_BACKLOG = 10;
 
 const STATUS_BY_OUTCOME: Record<string, number> = {
   done: 200, skipped: 200, retry: 202, deferred: 202, parked: 202, failed: 422, dead: 422,
@@ -49,7 +51,7 @@ export const handleLessonCompleted = endpoint({
 
     // While a drainer works through a backlog (or has just been rung for one), the event
     // joins its queue: no slot waiting here.
-    const route = await routeEvent(rt.db, eventId);
+    const route = await routeEvent(rt.db, eventId, rt.config.drainUrl ? BURST_BACKLOG : undefined);
     if (route.drainerActive) {
       if (route.ring) await ringDrainer(rt);
       return json(202, { ok: true, event_id: eventId, outcome: 'queued', reason: 'a drainer is working through a backlog: the event is in its queue' });

@@ -71,8 +71,16 @@ $$;
 -- has not begun p_ring_again_ms after the ring, exactly one webhook is told to ring again
 -- (ring=true), so a lost ring is repeated without a second call per webhook; the
 -- scheduled run is the last backstop.
+--
+-- A burst is seen by its first webhooks: with p_backlog given (the caller can ring a
+-- drainer) and at least that many events pending, nobody draining and nobody rung in the
+-- last p_ring_again_ms, this webhook is the one to ring (ring=true) and hands its event
+-- over; so do the rest of the burst. Without it each of them would first wait for a slot
+-- it mostly cannot get, and that is billed function time. A lone event is still moved by
+-- its own webhook.
 create or replace function public.amocrm_route_event(
-  p_event_id bigint, p_woken_ms integer default 10000, p_ring_again_ms integer default 5000)
+  p_event_id bigint, p_woken_ms integer default 10000, p_ring_again_ms integer default 5000,
+  p_backlog integer default null)
 returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
@@ -87,6 +95,15 @@ begin
      and t.last_woken_at < now() - make_interval(secs => greatest(p_ring_again_ms, 0) / 1000.0)
      and (t.started_at is null or t.last_woken_at > t.started_at)
   returning true into v_ring;
+  -- Both rings are claimed before the share lock below: upgrading a shared row lock would
+  -- deadlock two webhooks doing the same.
+  if not coalesce(v_ring, false) and p_backlog is not null
+     and (select count(*) from (select 1 from amocrm.sync_events s where s.status = 'pending' limit greatest(p_backlog, 1)) b) >= greatest(p_backlog, 1) then
+    update amocrm.drainer t set last_woken_at = now()
+     where t.key = 'drain' and (t.lease_until is null or t.lease_until < now())
+       and (t.last_woken_at is null or t.last_woken_at < now() - make_interval(secs => greatest(p_ring_again_ms, 0) / 1000.0))
+    returning true into v_ring;
+  end if;
   select coalesce(t.lease_until >= now(), false),
          coalesce(t.last_woken_at > now() - make_interval(secs => greatest(p_woken_ms, 0) / 1000.0)
                   and (t.started_at is null or t.last_woken_at > t.started_at), false)
@@ -100,6 +117,7 @@ begin
                             'ring', coalesce(v_ring, false));
 end $$;
 drop function if exists public.amocrm_route_event(bigint);
+drop function if exists public.amocrm_route_event(bigint, integer, integer);
 
 -- ---------------------------------------------------------------------------
 -- Batches as large as a read, searches as many as a batch can afford

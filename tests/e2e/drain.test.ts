@@ -139,6 +139,29 @@ describe('a drainer that has been rung', () => {
     expect(await drain()).toMatchObject({ claimed: 2, outcomes: { done: 2 } });
   });
 
+  it('a burst is seen by its first webhook: with ten events pending and nobody draining, it rings the drainer and hands its event over', async () => {
+    const students = await Promise.all(Array.from({ length: 10 }, () => s.addStudent(email('burst'))));
+    const ids: number[] = [];
+    for (const st of students) ids.push(await s.complete(st.userId, 67)); // committed; their webhooks on the way
+    const answer = await handleLessonCompleted(s.webhookRequest({ ...dbWebhookBody(students[0]!.userId, 67), event_id: ids[0] }), async () => rt);
+    expect(answer.status).toBe(202);
+    expect(await answer.json()).toMatchObject({ outcome: 'queued', event_id: ids[0] });
+    expect(wakes).toHaveLength(1);
+    expect(s.amo.counts().total).toBe(0);
+    // The next webhook of the burst: the drainer is rung, not rung again.
+    expect(await (await handleLessonCompleted(s.webhookRequest({ ...dbWebhookBody(students[1]!.userId, 67), event_id: ids[1] }), async () => rt)).json())
+      .toMatchObject({ outcome: 'queued' });
+    expect(wakes).toHaveLength(1);
+    expect(await drain()).toMatchObject({ claimed: 2, outcomes: { done: 2 } });
+  });
+
+  it('nine pending events are not a burst: the webhook moves its own event', async () => {
+    const students = await Promise.all(Array.from({ length: 9 }, () => s.addStudent(email('class'))));
+    for (const st of students.slice(1)) await s.complete(st.userId, 67);
+    expect(await webhook(students[0]!.userId, 67)).toMatchObject({ outcome: 'done', moved: true });
+    expect(wakes).toEqual([]);
+  });
+
   it('counts only until that drainer begins, and only for a while: then webhooks deliver their own events again', async () => {
     await s.t.db.rpc('amocrm_request_drain', {});
     await s.t.db.rpc('amocrm_begin_drain', { p_holder: 'answered' });
