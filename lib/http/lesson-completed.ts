@@ -17,7 +17,7 @@ export const BODY_LIMIT_BYTES = 256 * 1024;
  */
 export const WEBHOOK_MAX_SLOT_WAIT_MS = 1000;
 /** This many lesson events pending at once is a burst: the webhook that sees it rings the drainer. */
-export const BURST_BACKLOG = 10;
+export const BURST_BACKLOG = 5;
 
 const STATUS_BY_OUTCOME: Record<string, number> = {
   done: 200, skipped: 200, retry: 202, deferred: 202, parked: 202, failed: 422, dead: 422,

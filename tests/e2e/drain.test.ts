@@ -6,7 +6,7 @@ import { createServer, type Server } from 'node:http';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../lib/config.ts';
 import { buildRuntime, type Runtime } from '../../lib/runtime.ts';
-import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
+import { BURST_BACKLOG, handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
 import { runDrain } from '../../lib/sync/drain.ts';
 import { runLookahead } from '../../lib/sync/lookahead.ts';
 import { SEARCHES_IN_FLIGHT, processEvents } from '../../lib/sync/steps.ts';
@@ -139,8 +139,9 @@ describe('a drainer that has been rung', () => {
     expect(await drain()).toMatchObject({ claimed: 2, outcomes: { done: 2 } });
   });
 
-  it('a burst is seen by its first webhook: with ten events pending and nobody draining, it rings the drainer and hands its event over', async () => {
-    const students = await Promise.all(Array.from({ length: 10 }, () => s.addStudent(email('burst'))));
+  it('a burst is seen by its first webhook: with five events pending and nobody draining, it rings the drainer and hands its event over', async () => {
+    expect(BURST_BACKLOG).toBe(5);
+    const students = await Promise.all(Array.from({ length: 5 }, () => s.addStudent(email('burst'))));
     const ids: number[] = [];
     for (const st of students) ids.push(await s.complete(st.userId, 67)); // committed; their webhooks on the way
     const answer = await handleLessonCompleted(s.webhookRequest({ ...dbWebhookBody(students[0]!.userId, 67), event_id: ids[0] }), async () => rt);
@@ -155,8 +156,8 @@ describe('a drainer that has been rung', () => {
     expect(await drain()).toMatchObject({ claimed: 2, outcomes: { done: 2 } });
   });
 
-  it('nine pending events are not a burst: the webhook moves its own event', async () => {
-    const students = await Promise.all(Array.from({ length: 9 }, () => s.addStudent(email('class'))));
+  it('four pending events are not a burst: the webhook moves its own event', async () => {
+    const students = await Promise.all(Array.from({ length: 4 }, () => s.addStudent(email('class'))));
     for (const st of students.slice(1)) await s.complete(st.userId, 67);
     expect(await webhook(students[0]!.userId, 67)).toMatchObject({ outcome: 'done', moved: true });
     expect(wakes).toEqual([]);
