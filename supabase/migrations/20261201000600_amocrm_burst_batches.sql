@@ -1,7 +1,9 @@
 -- amocrm-lesson-sync, bursts at the limit: a batch's outcomes and found deals are written
--- in one call each (a drainer's database round trips no longer grow with its events), a
--- drainer that has just been rung already takes the webhooks' events, and look-ahead jobs
--- that are due wake the drainer too. Same rules as the earlier migrations.
+-- in one call each (a drainer's database round trips no longer grow with its events);
+-- batches hold a read's worth of events but a bounded number of searches; the first
+-- webhook of a burst rings the drainer, and a drainer that has just been rung already
+-- takes the webhooks' events; look-ahead jobs that are due wake the drainer too. Same
+-- rules as the earlier migrations.
 
 -- ---------------------------------------------------------------------------
 -- One call for a batch's outcomes
