@@ -114,9 +114,16 @@ describe('the webhook and the drainer', () => {
     await s.t.sql(`update amocrm.rate_limiter set next_free_at = clock_timestamp() + interval '30 seconds'`);
     try {
       const answers = await Promise.all(students.map((st) => webhook(st.userId, 67)));
-      expect(answers.map((a) => a.outcome)).toEqual(['deferred', 'deferred', 'deferred']);
+      // The first to defer rings; a webhook that routes its event after that ring hands it to
+      // the rung drainer (queued). Which of them comes after the ring depends on timing.
+      const outcomes = answers.map((a) => a.outcome as string);
+      expect(outcomes.filter((o) => o !== 'deferred' && o !== 'queued')).toEqual([]);
+      expect(outcomes).toContain('deferred');
       expect(s.amo.counts().total).toBe(0);
       expect(wakes).toEqual([{ secret: s.env.AMOCRM_WEBHOOK_SECRET }]);
+      const due = await s.t.sql(`select count(*)::int as n from amocrm.sync_events where user_id = any($1::uuid[]) and status = 'pending'`,
+        [students.map((st) => st.userId)]);
+      expect(due[0]!.n).toBe(3); // all three left for the drainer, none lost
     } finally {
       await s.t.sql(`update amocrm.rate_limiter set next_free_at = now()`);
     }
