@@ -141,8 +141,7 @@ export interface AmoHttp {
  * means a run that meets a 429 or an outage asks once, not once per request in flight.
  */
 export function createAmoHttp(transport: Transport, tokens: TokenSource, limiter: RateLimiter): AmoHttp {
-  let first: Promise<unknown> | undefined;
-  let warm = false;
+  let first: Promise<unknown> | undefined; // settled: the invocation is warm
 
   async function exchange<T>(req: AmoRequest): Promise<AmoResponse<T>> {
     let token = await tokens.current();
@@ -167,18 +166,13 @@ export function createAmoHttp(transport: Transport, tokens: TokenSource, limiter
 
   return {
     async request<T>(req: AmoRequest): Promise<AmoResponse<T>> {
-      if (warm) return exchange<T>(req);
       if (first) {
-        await first.catch(() => undefined);
+        await first;
         return exchange<T>(req);
       }
       const mine = exchange<T>(req);
-      first = mine;
-      try {
-        return await mine;
-      } finally {
-        warm = true;
-      }
+      first = mine.catch(() => undefined);
+      return mine;
     },
   };
 }

@@ -112,14 +112,14 @@ export async function runDrain(rt: Runtime, options: DrainOptions): Promise<Drai
  */
 export async function wakeDrainer(rt: Runtime): Promise<boolean> {
   if (!rt.config.drainUrl) return false;
-  try {
-    if (!(await requestDrain(rt.db))) return false;
-  } catch (err) {
-    rt.log.warn('Обработчик очереди не запущен', { error: String((err as Error)?.message ?? err).slice(0, 120) });
-    return false;
-  }
-  return ringDrainer(rt);
+  const chosen = await requestDrain(rt.db).catch((err) => notRung(rt, err));
+  return chosen ? ringDrainer(rt) : false;
 }
+
+const notRung = (rt: Runtime, err: unknown): false => {
+  rt.log.warn('Обработчик очереди не запущен', { error: String((err as Error)?.message ?? err).slice(0, 120) });
+  return false;
+};
 
 /** The ring itself, for a caller the database has already chosen as the one to ring. */
 export async function ringDrainer(rt: Runtime): Promise<boolean> {
@@ -136,7 +136,6 @@ export async function ringDrainer(rt: Runtime): Promise<boolean> {
     if (res.status >= 300) rt.log.warn('Обработчик очереди не запущен', { status: res.status, what_to_do: 'проверьте функцию amocrm-drain-background; плановый запуск разберёт очередь' });
     return res.status < 300;
   } catch (err) {
-    rt.log.warn('Обработчик очереди не запущен', { error: String((err as Error)?.message ?? err).slice(0, 120) });
-    return false;
+    return notRung(rt, err);
   }
 }

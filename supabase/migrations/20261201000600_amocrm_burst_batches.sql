@@ -80,43 +80,48 @@ $$;
 -- over; so do the rest of the burst. Without it each of them would first wait for a slot
 -- it mostly cannot get, and that is billed function time. A lone event is still moved by
 -- its own webhook.
+-- Rung and not yet begun: woken in the last p_woken_ms, after the last drain began.
+create or replace function amocrm.drainer_rung(d amocrm.drainer, p_woken_ms integer) returns boolean
+language sql stable set search_path = '' as $$
+  select coalesce(d.last_woken_at > now() - make_interval(secs => greatest(p_woken_ms, 0) / 1000.0)
+                  and (d.started_at is null or d.last_woken_at > d.started_at), false)
+$$;
+
 create or replace function public.amocrm_route_event(
   p_event_id bigint, p_woken_ms integer default 10000, p_ring_again_ms integer default 5000,
   p_backlog integer default null)
 returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
-  v_leased boolean;
-  v_rung boolean;
+  d amocrm.drainer;
+  v_again interval := make_interval(secs => greatest(p_ring_again_ms, 0) / 1000.0);
   v_ring boolean;
+  v_active boolean;
 begin
-  -- Claims the repeat ring; only a row that qualifies is locked, so webhooks do not queue here.
-  update amocrm.drainer t set last_woken_at = now()
-   where t.key = 'drain' and (t.lease_until is null or t.lease_until < now())
-     and t.last_woken_at > now() - make_interval(secs => greatest(p_woken_ms, 0) / 1000.0)
-     and t.last_woken_at < now() - make_interval(secs => greatest(p_ring_again_ms, 0) / 1000.0)
-     and (t.started_at is null or t.last_woken_at > t.started_at)
-  returning true into v_ring;
-  -- Both rings are claimed before the share lock below: upgrading a shared row lock would
-  -- deadlock two webhooks doing the same.
-  if not coalesce(v_ring, false) and p_backlog is not null
-     and (select count(*) from (select 1 from amocrm.sync_events s where s.status = 'pending' limit greatest(p_backlog, 1)) b) >= greatest(p_backlog, 1) then
+  -- Read without a lock, only to decide whether to try for the ring: while a drainer runs
+  -- or was rung moments ago (most of a burst's webhooks) neither the pending events are
+  -- counted nor the row locked.
+  select * into d from amocrm.drainer t where t.key = 'drain';
+  if not coalesce(d.lease_until >= now(), false)
+     and (d.last_woken_at is null or d.last_woken_at < now() - v_again)
+     and (amocrm.drainer_rung(d, p_woken_ms)
+          or (p_backlog is not null
+              and (select count(*) from (select 1 from amocrm.sync_events s where s.status = 'pending'
+                                          limit greatest(p_backlog, 1)) b) >= greatest(p_backlog, 1))) then
+    -- Re-checked under the row lock: one webhook rings. Taken before the share lock below,
+    -- as upgrading a shared row lock would deadlock two webhooks doing the same.
     update amocrm.drainer t set last_woken_at = now()
      where t.key = 'drain' and (t.lease_until is null or t.lease_until < now())
-       and (t.last_woken_at is null or t.last_woken_at < now() - make_interval(secs => greatest(p_ring_again_ms, 0) / 1000.0))
+       and (t.last_woken_at is null or t.last_woken_at < now() - v_again)
     returning true into v_ring;
   end if;
-  select coalesce(t.lease_until >= now(), false),
-         coalesce(t.last_woken_at > now() - make_interval(secs => greatest(p_woken_ms, 0) / 1000.0)
-                  and (t.started_at is null or t.last_woken_at > t.started_at), false)
-    into v_leased, v_rung
-    from amocrm.drainer t where t.key = 'drain' for share;
-  if coalesce(v_leased or v_rung, false) then
+  select * into d from amocrm.drainer t where t.key = 'drain' for share;
+  v_active := coalesce(d.lease_until >= now(), false) or amocrm.drainer_rung(d, p_woken_ms);
+  if v_active then
     update amocrm.sync_events s set next_attempt_at = least(s.next_attempt_at, now()), updated_at = now()
      where s.id = p_event_id and s.status = 'pending';
   end if;
-  return jsonb_build_object('drainer_active', coalesce(v_leased or v_rung, false),
-                            'ring', coalesce(v_ring, false));
+  return jsonb_build_object('drainer_active', v_active, 'ring', coalesce(v_ring, false));
 end $$;
 drop function if exists public.amocrm_route_event(bigint);
 drop function if exists public.amocrm_route_event(bigint, integer, integer);
