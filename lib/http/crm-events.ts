@@ -37,10 +37,8 @@ export const handleCrmEvents = endpoint({
     try {
       ({ changes, account } = parseHookBody(raw));
       if (raw !== body) problem = 'a NUL byte in the body';
-      else if (!account.subdomain && account.id === undefined) problem = 'no account[subdomain] or account[id] in the delivery';
-      else if (subdomain && account.subdomain && account.subdomain.toLowerCase() !== subdomain) problem = `another account: ${account.subdomain}`;
-      else if (accountId !== undefined && account.id !== undefined && account.id !== accountId) problem = `another account id: ${account.id}`;
-      else if (bodyBytes > KEPT_BYTES) problem = `body of ${bodyBytes} bytes: larger than any amoCRM delivery`;
+      else problem = accountProblem(account, { subdomain, accountId });
+      if (!problem && bodyBytes > KEPT_BYTES) problem = `body of ${bodyBytes} bytes: larger than any amoCRM delivery`;
       if (problem) status = 'flagged';
       else if (changes.length === 0) status = 'ignored';
     } catch (err) {
@@ -64,6 +62,26 @@ export const handleCrmEvents = endpoint({
     return json(200, { ok: true, delivery_id: recorded.id, status, duplicate: recorded.duplicate });
   },
 });
+
+/**
+ * Whether the delivery names this deployment's account, as the README promises: it must
+ * name AMOCRM_SUBDOMAIN (checked whenever it is set), and carry AMOCRM_ACCOUNT_ID when
+ * that is set. A field the configuration asks for and the delivery lacks is a problem, not
+ * a pass. With neither configured (AMOCRM_BASE_URL alone) nothing can be checked: flagged.
+ */
+function accountProblem(account: { id?: number; subdomain?: string }, expected: { subdomain?: string; accountId?: number }): string | undefined {
+  if (!account.subdomain && account.id === undefined) return 'no account[subdomain] or account[id] in the delivery';
+  if (!expected.subdomain && expected.accountId === undefined) return 'AMOCRM_SUBDOMAIN is not set: the delivery\'s account cannot be checked';
+  if (expected.subdomain) {
+    if (!account.subdomain) return 'no account[subdomain] in the delivery: it must name AMOCRM_SUBDOMAIN';
+    if (account.subdomain.toLowerCase() !== expected.subdomain) return `another account: ${account.subdomain}`;
+  }
+  if (expected.accountId !== undefined) {
+    if (account.id === undefined) return 'no account[id] in the delivery: it must carry AMOCRM_ACCOUNT_ID';
+    if (account.id !== expected.accountId) return `another account id: ${account.id}`;
+  }
+  return undefined;
+}
 
 /** A path segment as sent; malformed percent-encoding is compared as it came (and fails). */
 function safeDecode(segment: string): string {
