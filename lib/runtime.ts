@@ -51,7 +51,7 @@ export function buildRuntime(config: Config, db: Db, parts: { transport?: Transp
       const amo = amoResources(createAmoHttp(transport, tokens, limiter));
       return {
         holder, tokens, oauth, amo,
-        sync: { db, amo, log, clock, settings: { pipelineId: config.pipelineId, stageIds: config.stageIds, maxAttempts: config.maxAttempts } },
+        sync: { db, amo, log, clock, settings: { pipelineId: config.pipelineId, stageIds: config.stageIds, maxAttempts: config.maxAttempts, requestTimeoutMs: config.amocrm.timeoutMs } },
       };
     },
   };

@@ -124,6 +124,11 @@ export async function startAmoStandin(options: StandinOptions = {}): Promise<Amo
     const fault = limits.takeFault(ctx.route);
     if (!fault) return normal(ctx);
     if ('kind' in fault) {
+      if (fault.kind === 'late') {
+        // amoCRM took the request and applies it after the client has given up waiting.
+        setTimeout(() => normal(ctx), fault.applyAfterMs).unref();
+        return { kind: 'timeout' };
+      }
       if (fault.kind !== 'after') return { kind: fault.kind };
       normal(ctx); // the operation happens; its answer is lost
       return problem(fault.status);

@@ -74,7 +74,8 @@ export type Fault =
   | { status: number; body?: unknown; headers?: Record<string, string> } // answer this instead
   | { kind: 'timeout' } // never answer (hold the socket until close / 60 s)
   | { kind: 'reset' } // destroy the socket without answering
-  | { kind: 'after'; status: number }; // perform the real operation, then answer `status` (e.g. 'response lost' on refresh: rotate, then 502)
+  | { kind: 'after'; status: number } // perform the real operation, then answer `status` (e.g. 'response lost' on refresh: rotate, then 502)
+  | { kind: 'late'; applyAfterMs: number }; // never answer, and perform the operation this much later (taken, then applied late)
 /** `at` is the stand-in's clock when the request arrived; `status` is 0 while unanswered or when never answered (timeout/reset). */
 export interface RecordedRequest { method: string; path: string; query: string; at: number; status: number; auth?: 'ok' | 'missing' | 'invalid' }
 export interface StandinCounts { total: number; byRoute: Record<string, number>; tooMany: number; unauthorized: number; refreshes: number; patches: number }

@@ -132,11 +132,13 @@ export function amoResources(http: AmoHttp) {
       return res.data.is_deleted ? null : res.data;
     },
 
-    async moveLead(id: number, pipelineId: number, statusId: number): Promise<void> {
+    /** `signal`: the move must not leave once it is aborted (its claim would not cover it). */
+    async moveLead(id: number, pipelineId: number, statusId: number, signal?: AbortSignal): Promise<void> {
       const res = await http.request({
         method: 'PATCH', path: `/api/v4/leads/${id}`,
         body: { pipeline_id: pipelineId, status_id: statusId },
         answers: [400, 404, 422],
+        signal,
       });
       if (res.status === 404) throw permanent('lead_not_found', `сделка ${id} не найдена в amoCRM`, { status: 404 });
       if (res.status === 400 || res.status === 422) {
@@ -149,12 +151,13 @@ export function amoResources(http: AmoHttp) {
      * means amoCRM refused the batch (a validation error on some item, nothing applied):
      * the caller moves those deals one by one to find out which.
      */
-    async moveLeads(moves: { id: number; statusId: number }[], pipelineId: number): Promise<'ok' | 'rejected'> {
+    async moveLeads(moves: { id: number; statusId: number }[], pipelineId: number, signal?: AbortSignal): Promise<'ok' | 'rejected'> {
       if (moves.length > MAX_BATCH_MOVES) throw new RangeError(`at most ${MAX_BATCH_MOVES} moves per batch`);
       const res = await http.request({
         method: 'PATCH', path: '/api/v4/leads',
         body: moves.map((m) => ({ id: m.id, pipeline_id: pipelineId, status_id: m.statusId, request_id: String(m.id) })),
         answers: [400, 404, 422],
+        signal,
       });
       return res.status >= 200 && res.status < 300 ? 'ok' : 'rejected';
     },

@@ -30,6 +30,11 @@ export async function routeEvent(db: Db, eventId: number, ringAtBacklog?: number
   return { drainerActive: r.drainer_active, ring: r.ring ?? false };
 }
 
+/** The ring did not reach the drainer: webhooks stop counting on it until the next ring. */
+export const ringFailed = async (db: Db): Promise<void> => {
+  await db.rpc('amocrm_ring_failed', {});
+};
+
 /** true for exactly one caller per interval, and only when no drainer holds the lease. */
 export const requestDrain = async (db: Db, minIntervalMs = 5000): Promise<boolean> =>
   (await db.rpc<{ wake: boolean }>('amocrm_request_drain', { p_min_interval_ms: minIntervalMs })).wake;

@@ -26,6 +26,16 @@ export type ClaimResult =
 
 export const LEASE_SECONDS = 90;
 
+/**
+ * Extends this holder's live claims on these events (and its drain lease) to
+ * LEASE_SECONDS from now; answers the ids still held. An expired claim is not revived.
+ */
+export async function holdEvents(db: Db, holder: string, eventIds: number[]): Promise<Set<number>> {
+  if (!eventIds.length) return new Set();
+  const r = await db.rpc<{ held: number[] }>('amocrm_hold_events', { p_holder: holder, p_event_ids: eventIds, p_lease_seconds: LEASE_SECONDS });
+  return new Set(r.held.map(Number));
+}
+
 /** Claims one event by id; only events in `statuses` (or with an expired lease) are taken. */
 export async function claimEvent(db: Db, eventId: number, holder: string, statuses: string[]): Promise<ClaimResult> {
   const r = await db.rpc<{ claimed: boolean; reason?: ClaimRefusal; event?: ClaimedEvent }>('amocrm_claim_event', {
@@ -52,10 +62,12 @@ export interface FinishFields {
   error?: string;
   retryInMs?: number;
   maxAttempts?: number;
+  /** A move was sent and never answered: hold the student's other events this long. */
+  holdMs?: number;
 }
 
 export interface FinishResult {
-  /** false: the lease was lost (another invocation took the event over). */
+  /** false: the claim expired or another invocation took the event over. */
   recorded: boolean;
   status: string;
   became_dead?: boolean;
@@ -79,6 +91,7 @@ export async function finishEvents(db: Db, holder: string, items: FinishItem[]):
       event_id: f.eventId, outcome: f.outcome, error_code: f.code, error: f.error?.slice(0, 500),
       lead_id: f.leadId, contact_id: f.contactId, status_id: f.statusId,
       retry_in_ms: f.retryInMs === undefined ? undefined : Math.round(f.retryInMs), max_attempts: f.maxAttempts,
+      hold_ms: f.holdMs,
     })),
   });
 }

@@ -50,10 +50,9 @@ export const handleLessonCompleted = endpoint({
     }
 
     // While a drainer works through a backlog (or has just been rung for one), the event
-    // joins its queue: no slot waiting here.
+    // joins its queue: no slot waiting here. A ring that fails leaves it to this webhook.
     const route = await routeEvent(rt.db, eventId, rt.config.drainUrl ? BURST_BACKLOG : undefined);
-    if (route.drainerActive) {
-      if (route.ring) await ringDrainer(rt);
+    if (route.drainerActive && (!route.ring || (await ringDrainer(rt)))) {
       return json(202, { ok: true, event_id: eventId, outcome: 'queued', reason: 'a drainer is working through a backlog: the event is in its queue' });
     }
     const inv = rt.invocation(WEBHOOK_MAX_SLOT_WAIT_MS);

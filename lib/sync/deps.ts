@@ -9,6 +9,8 @@ export interface SyncSettings {
   /** Stage ids in Tripwire order: index 0 = lesson 1. */
   stageIds: readonly number[];
   maxAttempts: number;
+  /** How long an amoCRM request may take before it counts as unanswered. */
+  requestTimeoutMs: number;
 }
 
 export interface SyncDeps {

@@ -4,7 +4,7 @@
 // scheduled run runs it within its 30 s. A drainer that runs out of time wakes its
 // successor; one that is killed is replaced once its lease expires (whoever next sees a
 // backlog wakes one).
-import { beginDrain, endDrain, releaseDrain, renewDrain, requestDrain } from '../db/drain.ts';
+import { beginDrain, endDrain, releaseDrain, renewDrain, requestDrain, ringFailed } from '../db/drain.ts';
 import { claimDue } from '../db/outbox.ts';
 import type { Runtime } from '../runtime.ts';
 import type { OutcomeStatus } from './deps.ts';
@@ -121,10 +121,15 @@ const notRung = (rt: Runtime, err: unknown): false => {
   return false;
 };
 
-/** The ring itself, for a caller the database has already chosen as the one to ring. */
+/**
+ * The ring itself, for a caller the database has already chosen as the one to ring. A
+ * ring that fails is recorded, so webhooks stop handing events to a drainer that is not
+ * coming and deliver their own (the next ring is tried 5 s later).
+ */
 export async function ringDrainer(rt: Runtime): Promise<boolean> {
   const url = rt.config.drainUrl;
   if (!url) return false;
+  let rung: boolean;
   try {
     const res = await fetch(url, {
       method: 'POST',
@@ -133,9 +138,11 @@ export async function ringDrainer(rt: Runtime): Promise<boolean> {
       signal: AbortSignal.timeout(3_000),
     });
     await res.body?.cancel();
-    if (res.status >= 300) rt.log.warn('Обработчик очереди не запущен', { status: res.status, what_to_do: 'проверьте функцию amocrm-drain-background; плановый запуск разберёт очередь' });
-    return res.status < 300;
+    if (res.status >= 300) rt.log.warn('Обработчик очереди не запущен', { status: res.status, what_to_do: 'проверьте функцию amocrm-drain-background и AMOCRM_DRAIN_URL; пока события разбирают вебхуки и плановый запуск' });
+    rung = res.status < 300;
   } catch (err) {
-    return notRung(rt, err);
+    rung = notRung(rt, err);
   }
+  if (!rung) await ringFailed(rt.db).catch(() => undefined);
+  return rung;
 }

@@ -59,14 +59,17 @@ export function decisionOutcome(deps: SyncDeps, event: ClaimedEvent, found: Foun
   };
 }
 
-/** A failure with its classification: failed, parked, deferred, retried or dead. */
-export function failureOutcome(deps: SyncDeps, event: ClaimedEvent, err: unknown, found?: Found): PlannedOutcome {
+/**
+ * A failure with its classification: failed, parked, deferred, retried or dead. `holdMs`:
+ * the failed call was a move that amoCRM may still apply; the student is held that long.
+ */
+export function failureOutcome(deps: SyncDeps, event: ClaimedEvent, err: unknown, found?: Found, holdMs?: number): PlannedOutcome {
   const { log, settings } = deps;
   const ctx = contextOf(event);
   const error = err instanceof AmoError ? err : new AmoError('retryable', 'internal', String((err as Error)?.message ?? err));
   const leadId = found?.lead.id;
   const base = { eventId: event.id, moved: false, leadId, code: error.code, message: error.message };
-  const fields = { eventId: event.id, leadId, contactId: found?.contactId, code: error.code, error: error.message };
+  const fields = { eventId: event.id, leadId, contactId: found?.contactId, code: error.code, error: error.message, holdMs };
 
   if (error.kind === 'permanent') {
     return {
@@ -123,6 +126,21 @@ export function deferredOutcome(deps: SyncDeps, event: ClaimedEvent, cause: AmoE
     settle() {
       deps.log.warn(`Событие отложено: ${why}`, { ...contextOf(event), code: cause.code, retry_in_s: Math.round(retryInMs / 1000) });
       return { eventId: event.id, status: 'deferred', moved: false, leadId: found?.lead.id, code: cause.code, message: cause.message, retryInMs };
+    },
+  };
+}
+
+/**
+ * The event's claim expired before its move could be sent: another invocation may hold
+ * a newer lesson of the student, so nothing is sent and nothing recorded (the database
+ * refuses an expired holder); whoever claims the event next reads the deal afresh.
+ */
+export function leaseLostOutcome(deps: SyncDeps, event: ClaimedEvent, found?: Found): PlannedOutcome {
+  return {
+    write: { eventId: event.id, outcome: 'deferred', leadId: found?.lead.id },
+    settle() {
+      deps.log.warn('Событие не обработано: аренда истекла, его возьмёт следующий обработчик', { ...contextOf(event), code: 'lease_lost' });
+      return { eventId: event.id, status: 'deferred', moved: false, leadId: found?.lead.id, code: 'lease_lost', message: 'аренда события истекла до перемещения' };
     },
   };
 }

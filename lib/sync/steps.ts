@@ -15,12 +15,12 @@
 // (tokens, account), are parked with that same reason.
 import { AmoError } from '../amocrm/errors.ts';
 import { MAX_BATCH_MOVES, type Lead, type PipelineStatus } from '../amocrm/resources.ts';
-import { forgetLead, rememberLeads, type ClaimedEvent } from '../db/outbox.ts';
+import { forgetLead, holdEvents, LEASE_SECONDS, rememberLeads, type ClaimedEvent } from '../db/outbox.ts';
 import { getCachedPipeline, putCachedPipeline } from '../db/settings.ts';
 import { decideMove, type MoveDecision } from './decide.ts';
 import type { EventOutcome, SyncDeps } from './deps.ts';
 import { chooseFromSearch, chosenOrThrow, noEmail, rememberedStillUsable, searchStudent, type StudentSearch } from './find-deal.ts';
-import { closedByMirrorOutcome, decisionOutcome, deferredOutcome, failureOutcome, recordOutcomes, type Found, type PlannedOutcome } from './outcome.ts';
+import { closedByMirrorOutcome, decisionOutcome, deferredOutcome, failureOutcome, leaseLostOutcome, recordOutcomes, type Found, type PlannedOutcome } from './outcome.ts';
 
 interface Plan {
   event: ClaimedEvent;
@@ -38,6 +38,23 @@ export const SEARCHES_IN_FLIGHT = 3;
 
 const chunks = <T>(items: T[], size: number): T[][] =>
   Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size));
+
+/** How often a batch's claims are renewed while it searches and reads (the claim lasts LEASE_SECONDS). */
+const RENEW_CLAIMS_MS = 30_000;
+/**
+ * A move leaves only if its claim, renewed just before, still has the request's timeout
+ * and this margin left: the claim outlives every move sent under it.
+ */
+const MOVE_MARGIN_MS = 5_000;
+/**
+ * A move sent and never answered (timeout, reset, 5xx) may still be applied by amoCRM.
+ * The student's other events wait this long, so a newer move cannot land before it.
+ */
+export const UNCERTAIN_MOVE_HOLD_MS = 120_000;
+
+/** Failures after which a sent move may still have been applied. */
+const mayHaveApplied = (err: unknown) =>
+  err instanceof AmoError && err.kind === 'retryable' && ['timeout', 'network', 'server_error'].includes(err.code);
 
 /** A failure that the next amoCRM call would meet too: stop calling, give the rest back. */
 const stopsTheBatch = (err: unknown) =>
@@ -60,8 +77,15 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
   const untried = (event: ClaimedEvent, stop: AmoError, found?: Found) => stop.kind === 'operator'
     ? failureOutcome(deps, event, stop, found)
     : deferredOutcome(deps, event, stop, found);
+  /** The outcome of a failed step; a move that may have been applied holds the student. */
+  const failed = (event: ClaimedEvent, err: unknown, found: Found | undefined, move: boolean): PlannedOutcome => {
+    if (cancelled(err)) return untried(event, stoppedBy!, found);
+    // Not sent: its slot came too late for the claim to cover the request.
+    if (err instanceof AmoError && err.code === 'cancelled') return deferredOutcome(deps, event, err, found);
+    return failureOutcome(deps, event, err, found, move && mayHaveApplied(err) ? UNCERTAIN_MOVE_HOLD_MS : undefined);
+  };
   /** Runs `step` for one event inside its own boundary; a failure settles that event only. */
-  const guarded = async <T>(event: ClaimedEvent, step: () => Promise<T>, found?: Found): Promise<T | undefined> => {
+  const guarded = async <T>(event: ClaimedEvent, step: () => Promise<T>, found?: Found, move = false): Promise<T | undefined> => {
     if (stoppedBy) {
       outcomes.set(event, untried(event, stoppedBy, found));
       return undefined;
@@ -69,13 +93,13 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
     try {
       return await step();
     } catch (err) {
-      outcomes.set(event, cancelled(err) ? untried(event, stoppedBy!, found) : failureOutcome(deps, event, err, found));
+      outcomes.set(event, failed(event, err, found, move));
       if (!stoppedBy && stopsTheBatch(err)) stop(err as AmoError);
       return undefined;
     }
   };
   /** A call shared by several events: its failure is each one's, with the same classification. */
-  const shared = async <T>(group: ClaimedEvent[], call: () => Promise<T>): Promise<T | undefined> => {
+  const shared = async <T>(group: ClaimedEvent[], call: () => Promise<T>, move = false): Promise<T | undefined> => {
     if (stoppedBy) {
       for (const e of group) outcomes.set(e, untried(e, stoppedBy));
       return undefined;
@@ -83,11 +107,29 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
     try {
       return await call();
     } catch (err) {
-      for (const e of group) outcomes.set(e, failureOutcome(deps, e, err));
+      for (const e of group) outcomes.set(e, failed(e, err, undefined, move));
       if (!stoppedBy && stopsTheBatch(err)) stop(err as AmoError);
       return undefined;
     }
   };
+
+  // Claims: renewed while the batch works, and checked right before every move. A claim
+  // that expired is another invocation's now: its event is left alone.
+  const hold = async (group: ClaimedEvent[], found?: (e: ClaimedEvent) => Found | undefined): Promise<ClaimedEvent[]> => {
+    const live = group.filter((e) => !outcomes.has(e));
+    const held = live.length ? await shared(live, () => holdEvents(db, holder, live.map((e) => e.id))) : undefined;
+    if (!held) return [];
+    for (const e of live) if (!held.has(e.id)) outcomes.set(e, leaseLostOutcome(deps, e, found?.(e)));
+    return live.filter((e) => held.has(e.id));
+  };
+  let renewedAt = deps.clock.now();
+  const keepClaims = async () => {
+    if (deps.clock.now() - renewedAt < RENEW_CLAIMS_MS) return;
+    renewedAt = deps.clock.now();
+    await hold(open());
+  };
+  /** A move's request may leave only while the claim, just renewed, covers its timeout. */
+  const sendWindow = () => AbortSignal.timeout(LEASE_SECONDS * 1000 - settings.requestTimeoutMs - MOVE_MARGIN_MS);
 
   // 1. Students without an e-mail cannot be searched: each fails on its own.
   for (const event of events) if (!event.email) await guarded(event, async () => { throw noEmail(); });
@@ -95,6 +137,7 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
   // 2. Remembered deals the mirror knows are closed need no read; the others are read together.
   for (const event of open()) if (event.cached_lead_id && event.cached_lead_closed) outcomes.set(event, closedByMirrorOutcome(deps, event));
   const found = new Map<ClaimedEvent, Found>();
+  await keepClaims();
   const remembered = open().filter((e) => e.cached_lead_id);
   const rememberedLeads = remembered.length
     ? await shared(remembered, () => amo.getLeads(remembered.map((e) => e.cached_lead_id!)))
@@ -115,12 +158,15 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
   const searchQueue = toSearch.filter((e) => !outcomes.has(e));
   await Promise.all(Array.from({ length: Math.min(SEARCHES_IN_FLIGHT, searchQueue.length) }, async () => {
     for (let event = searchQueue.shift(); event; event = searchQueue.shift()) {
+      await keepClaims();
+      if (outcomes.has(event)) continue;
       const search = await guarded(event, () => searchStudent(amo, event!.email!, stopSearches.signal));
       if (search) searches.set(event, search);
     }
   }));
   // In the batch's order, whatever order the searches came back in.
   const searched = toSearch.filter((e) => searches.has(e) && !outcomes.has(e));
+  await keepClaims();
   const candidateIds = searched.flatMap((e) => searches.get(e)!.exactLeadIds);
   const candidates = candidateIds.length ? await shared(searched, () => amo.getLeads(candidateIds)) : [];
   const chosenNow: Parameters<typeof rememberLeads>[1] = [];
@@ -137,6 +183,7 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
   // 4. Decide each (forward only). The stage order is read at most once, and only if needed.
   let order: Promise<PipelineStatus[] | undefined> | undefined;
   const stageOrder = () => (order ??= pipelineOrder(deps));
+  await keepClaims();
   const plans: Plan[] = [];
   for (const event of open()) {
     const f = found.get(event);
@@ -155,16 +202,23 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
   }
 
   // 6. Moves, 50 per PATCH; a batch amoCRM refuses is retried one by one to find the culprit.
+  // Each PATCH is sent only for claims held just before it (see hold).
   const moves = [...byLead.values()].filter((p) => p.decision.action === 'move');
+  const planOf = new Map(moves.map((p) => [p.event, p] as const));
+  const holdPlans = async (group: Plan[]) => (await hold(group.map((p) => p.event), (e) => planOf.get(e)?.found)).map((e) => planOf.get(e)!);
+  const moveOne = (plan: Plan) => guarded(plan.event, async () => {
+    await amo.moveLead(plan.found.lead.id, settings.pipelineId, plan.target, sendWindow());
+    return true;
+  }, plan.found, true);
   for (const chunk of chunks(moves, MAX_BATCH_MOVES)) {
-    const result = chunk.length === 1 ? 'one_by_one'
-      : await shared(chunk.map((p) => p.event), () => amo.moveLeads(chunk.map((p) => ({ id: p.found.lead.id, statusId: p.target })), settings.pipelineId));
-    for (const plan of chunk) {
+    const live = await holdPlans(chunk);
+    if (!live.length) continue;
+    const result = live.length === 1 ? 'one_by_one'
+      : await shared(live.map((p) => p.event), () => amo.moveLeads(live.map((p) => ({ id: p.found.lead.id, statusId: p.target })), settings.pipelineId, sendWindow()), true);
+    for (const plan of live) {
       if (outcomes.has(plan.event)) continue;
-      const moved = result === 'ok' || (await guarded(plan.event, async () => {
-        await amo.moveLead(plan.found.lead.id, settings.pipelineId, plan.target);
-        return true;
-      }, plan.found));
+      const moved = result === 'ok'
+        || (result === 'one_by_one' ? await moveOne(plan) : (await holdPlans([plan])).length > 0 && await moveOne(plan));
       if (moved) outcomes.set(plan.event, decisionOutcome(deps, plan.event, plan.found, plan.decision, plan.target));
     }
   }
