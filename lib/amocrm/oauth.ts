@@ -29,7 +29,8 @@ export function createOAuthClient(transport: Transport, limiter: RateLimiter, cl
         throw needsOperator('oauth_not_configured', 'не заданы AMOCRM_CLIENT_ID / AMOCRM_CLIENT_SECRET / AMOCRM_REDIRECT_URI',
           'задайте их в переменных окружения Netlify (раздел Functions)');
       }
-      // Ahead of the queue: every request waiting for a slot also waits for this token.
+      // Ahead of the queue (every request waiting for a slot also waits for this token), in a
+      // counted slot: never an 8th request in one of amoCRM's seconds (rate-limit.ts).
       await transport.ready?.();
       await limiter.acquire({ priority: true });
       const body = {

@@ -17,14 +17,20 @@ export interface RateLimiter {
   /**
    * Resolves when this caller may start one request; throws a retryable no_rate_slot if
    * the wait would exceed the caller's patience. `priority` goes ahead of the queue (the
-   * token refresh, which everything else waits for).
+   * token refresh, which everything else waits for), ignoring the reservation horizon,
+   * but its slot is counted: the database gives it the earliest time that keeps every
+   * window of 1 s + LATE_TOLERANCE_MS within amoCRM's 7, and pushes the queue back by one.
    */
   acquire(options?: { priority?: boolean }): Promise<void>;
   /** amoCRM answered 429: every instance pauses and the shared rate drops. */
   rateLimited(retryAfterMs?: number): Promise<void>;
 }
 
-/** How much later than its slot a request may start. Below half a slot gap at 6/s. */
+/**
+ * How much later than its slot a request may start. Below half a slot gap at 6/s. The
+ * database counts the refresh's slot over windows of 1 s + this (the 1060 ms in
+ * supabase/migrations/20261207000500_amocrm_refresh_slot.sql): change both together.
+ */
 export const LATE_TOLERANCE_MS = 60;
 /**
  * How far ahead a slot may be reserved. A caller further back waits without a slot, so a

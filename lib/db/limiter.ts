@@ -17,6 +17,11 @@ export interface SlotAnswer {
   slot_ms?: number;
 }
 
+/**
+ * A slot at `perSecond`. `priority` (the token refresh): ahead of the queue and of the
+ * horizon, at the earliest time the slots already handed out (recent_slots) leave room
+ * for one more in every 1 s + 60 ms; the queue is pushed back by one slot.
+ */
 export function takeRateSlot(db: Db, a: { perSecond: number; maxWaitMs: number; priority?: boolean; horizonMs?: number }): Promise<SlotAnswer> {
   return db.rpc<SlotAnswer>('amocrm_take_rate_slot', {
     p_per_second: a.perSecond, p_max_wait_ms: Math.round(a.maxWaitMs), p_priority: a.priority ?? false,
