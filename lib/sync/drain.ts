@@ -6,7 +6,8 @@
 // backlog wakes one).
 import { beginDrain, endDrain, releaseDrain, renewDrain, requestDrain, ringFailed } from '../db/drain.ts';
 import { claimDue } from '../db/outbox.ts';
-import type { Runtime } from '../runtime.ts';
+import { patientDb } from '../db/patient.ts';
+import { buildRuntime, type Runtime } from '../runtime.ts';
 import type { OutcomeStatus } from './deps.ts';
 import { runLookahead } from './lookahead.ts';
 import { processEvents } from './steps.ts';
@@ -52,8 +53,9 @@ export interface DrainReport {
 export async function runDrain(rt: Runtime, options: DrainOptions): Promise<DrainReport> {
   const { budgetMs, reserveMs = 12_000, batchSize = 250, lookahead = true, lingerMs = 0 } = options;
   const maxSearches = Math.min(options.maxSearches ?? 50, batchSize);
+  const started = rt.clock.now();
+  rt = waitingOutOutages(rt, () => started + budgetMs - reserveMs);
   const { db, clock } = rt;
-  const started = clock.now();
   const left = () => budgetMs - (clock.now() - started);
   const inv = rt.invocation(Math.min(10_000, Math.max(1_000, budgetMs - reserveMs)));
   const report: DrainReport = { ran: false, claimed: 0, outcomes: {}, lookaheadFound: 0, stoppedBy: 'busy', elapsedMs: 0 };
@@ -103,6 +105,20 @@ export async function runDrain(rt: Runtime, options: DrainOptions): Promise<Drai
     report.elapsedMs = clock.now() - started;
     return report;
   }
+}
+
+/**
+ * The drain over a database that waits out an outage until `deadline`: a drainer inside
+ * its budget carries on where it was instead of leaving the burst to the scheduled run.
+ */
+function waitingOutOutages(rt: Runtime, deadline: () => number): Runtime {
+  let warned = false;
+  const db = patientDb(rt.db, rt.clock, deadline, (err) => {
+    if (warned) return;
+    warned = true;
+    rt.log.warn('База данных недоступна: обработчик очереди ждёт', { error: err.message.slice(0, 120) });
+  });
+  return buildRuntime(rt.config, db, { transport: rt.transport, log: rt.log, clock: rt.clock });
 }
 
 /**

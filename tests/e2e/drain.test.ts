@@ -37,7 +37,8 @@ beforeEach(async () => {
   s.amo.reset(); s.amo.resetCounts(); s.log.lines.length = 0; wakes = [];
   await s.t.sql(`update amocrm.sync_events set status = 'dead' where status in ('pending', 'failed', 'processing')`);
   await s.t.sql(`update amocrm.lookahead_jobs set status = 'failed' where status in ('pending', 'processing')`);
-  await s.t.sql(`update amocrm.drainer set holder = null, lease_until = null, last_woken_at = null`);
+  // Every drainer column: a test's rings and drains never decide the next test's routing.
+  await s.t.sql(`update amocrm.drainer set holder = null, lease_until = null, last_woken_at = null, started_at = null, ring_failed_at = null`);
 });
 
 let seq = 0;
@@ -183,6 +184,8 @@ describe('a drainer that has been rung', () => {
   });
 
   it('a ring that is still unanswered after 5 s is repeated by the next webhook', async () => {
+    // A drain that ran a moment ago (began before the ring) does not make the ring answered.
+    await s.t.sql(`update amocrm.drainer set started_at = now() - interval '8 seconds'`);
     await s.t.db.rpc('amocrm_request_drain', {});
     await s.t.sql(`update amocrm.drainer set last_woken_at = now() - interval '6 seconds'`);
     const student = await s.addStudent(email('re-ring'));
