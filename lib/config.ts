@@ -114,6 +114,21 @@ export function parseEnv(source: Record<string, string | undefined>): Env {
   return result.data;
 }
 
+type EnvShape = typeof envSchema.shape;
+
+/**
+ * One variable read alone, with the same rule as the whole configuration: what an endpoint
+ * needs to check its caller (its own secret) before the rest is known to be valid. Blank
+ * counts as missing, as in parseEnv.
+ */
+export function readVariable<K extends keyof EnvShape>(source: Record<string, string | undefined>, key: K):
+  { value: z.output<EnvShape[K]>; problem?: undefined } | { value?: undefined; problem: 'missing' | 'malformed' } {
+  const raw = source[key];
+  if (raw === undefined || raw.trim() === '') return { problem: 'missing' };
+  const result = envSchema.shape[key].safeParse(raw);
+  return result.success ? { value: result.data as z.output<EnvShape[K]> } : { problem: 'malformed' };
+}
+
 function siteFunctionUrl(site: string | undefined, name: string): string | undefined {
   if (!site || !/^https?:\/\//.test(site)) return undefined;
   return `${site.replace(/\/+$/, '')}/.netlify/functions/${name}`;

@@ -4,7 +4,7 @@
 // database and amoCRM stand-in.
 import { randomUUID } from 'node:crypto';
 import { systemClock, type Clock } from './clock.ts';
-import { loadConfig, type Config } from './config.ts';
+import { ConfigError, loadConfig, readVariable, type Config } from './config.ts';
 import type { Db } from './db/port.ts';
 import { axiosTransport, createAmoHttp, type Transport } from './amocrm/http.ts';
 import { createOAuthClient, type OAuthClient } from './amocrm/oauth.ts';
@@ -64,15 +64,25 @@ export function installRuntime(runtime: Runtime): void {
   fromEnv = Promise.resolve(runtime);
 }
 
+const NO_SUPABASE = { variable: 'SUPABASE_URL', message: 'set SUPABASE_URL (or SUPABASE_DATABASE_URL) and SUPABASE_SERVICE_ROLE_KEY' };
+const blank = (v: string | undefined) => v === undefined || v.trim() === '';
+
 /** The production runtime: configuration from the environment, database through supabase-js. */
 export function runtimeFromEnv(): Promise<Runtime> {
   fromEnv ??= (async () => {
-    const config = loadConfig(process.env);
-    if (!config.supabase) {
-      fromEnv = undefined;
-      const { ConfigError } = await import('./config.ts');
-      throw new ConfigError([{ variable: 'SUPABASE_URL', message: 'set SUPABASE_URL (or SUPABASE_DATABASE_URL) and SUPABASE_SERVICE_ROLE_KEY' }]);
+    let config: Config;
+    try {
+      config = loadConfig(process.env);
+    } catch (err) {
+      // Every problem at once: Supabase's variables too, not only after the rest is fixed.
+      const env = process.env;
+      const noSupabase = (blank(env.SUPABASE_URL) && blank(env.SUPABASE_DATABASE_URL)) || blank(env.SUPABASE_SERVICE_ROLE_KEY);
+      if (err instanceof ConfigError && noSupabase && !err.problems.some((p) => p.variable.startsWith('SUPABASE_'))) {
+        throw new ConfigError([...err.problems, NO_SUPABASE]);
+      }
+      throw err;
     }
+    if (!config.supabase) throw new ConfigError([NO_SUPABASE]);
     const { supabaseDb } = await import('./db/supabase.ts');
     return buildRuntime(config, supabaseDb(config.supabase.url, config.supabase.serviceRoleKey));
   })().catch((err) => {
@@ -80,4 +90,60 @@ export function runtimeFromEnv(): Promise<Runtime> {
     throw err;
   });
   return fromEnv;
+}
+
+/**
+ * The endpoint's own secret is missing or malformed, so it cannot tell who is calling: the
+ * caller gets a bare 503, the log the whole list (`problems`).
+ */
+export class CallerCheckUnavailable extends Error {
+  override readonly name = 'CallerCheckUnavailable';
+  constructor(readonly variable: string, readonly problems: ConfigError) {
+    super(`${variable} is missing or malformed: the caller cannot be checked`);
+  }
+}
+
+/**
+ * What an endpoint may use while the environment is incomplete (`problem`): each
+ * endpoint's own secret, read alone from `source`, the clock and a log. So it checks its
+ * caller exactly as a configured deploy does, and answers a caller that fails the check
+ * exactly as one would (401, 404). Anything else it touches (the database, amoCRM, the rest
+ * of the configuration) throws `problem`, which only a caller that passed the check can
+ * reach. A secret the check needs that is missing or malformed throws CallerCheckUnavailable.
+ * AMOCRM_HOOK_SECRET unset is not a problem: the reverse direction is off, as configured.
+ */
+export function callerRuntime(problem: ConfigError, source: Record<string, string | undefined> = process.env): Runtime {
+  const secret = <K extends 'AMOCRM_WEBHOOK_SECRET' | 'AMOCRM_REPLAY_TOKEN'>(key: K) => {
+    const read = readVariable(source, key);
+    if (read.problem) throw new CallerCheckUnavailable(key, problem);
+    return read.value;
+  };
+  const hookSecret = readVariable(source, 'AMOCRM_HOOK_SECRET');
+  const hooks = {
+    get secret() {
+      if (hookSecret.problem === 'malformed') throw new CallerCheckUnavailable('AMOCRM_HOOK_SECRET', problem);
+      return hookSecret.value;
+    },
+    // Read with the secret (one destructuring); a malformed one counts as unset here, since
+    // nothing is recorded without the database anyway.
+    subdomain: readVariable(source, 'AMOCRM_SUBDOMAIN').value?.toLowerCase(),
+    accountId: readVariable(source, 'AMOCRM_ACCOUNT_ID').value,
+  };
+  const config = onlyThese<Config>(problem, {
+    get webhookSecret() { return secret('AMOCRM_WEBHOOK_SECRET'); },
+    get replayToken() { return secret('AMOCRM_REPLAY_TOKEN'); },
+    hooks,
+  });
+  return onlyThese<Runtime>(problem, { config, clock: systemClock, log: createLogger() });
+}
+
+/** `known`'s properties; any other property access throws `problem`. */
+function onlyThese<T extends object>(problem: Error, known: Partial<T>): T {
+  return new Proxy(known, {
+    get(target, key, receiver) {
+      if (key in target) return Reflect.get(target, key, receiver);
+      if (typeof key === 'symbol' || key === 'then' || key === 'toJSON') return undefined;
+      throw problem;
+    },
+  }) as T;
 }

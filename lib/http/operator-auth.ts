@@ -10,9 +10,12 @@ function basicMatches(headers: Headers, token: string): boolean {
   return safeEqual(password, token);
 }
 
-/** null when authorized, else the 401/503 answer to return. */
+/**
+ * null when authorized, else the 401/503 answer to return. Without a token nobody can be
+ * authorized: a bare 503 (what to set goes to the log, never to an unknown caller).
+ */
 export function operatorAuthFailure(req: Request, token: string | undefined, browser = false): Response | null {
-  if (!token) return errorResponse(503, 'AMOCRM_REPLAY_TOKEN is not set: set it in the Netlify environment (Functions scope) to use this endpoint');
+  if (!token) return errorResponse(503, 'the function is not configured: its log says what to set');
   if (bearerMatches(req.headers, token) || (browser && basicMatches(req.headers, token))) return null;
   const res = browser
     ? errorResponse(401, 'sign in with HTTP Basic auth: any user name, the password is AMOCRM_REPLAY_TOKEN (scripts send Authorization: Bearer <AMOCRM_REPLAY_TOKEN>)')
