@@ -1,6 +1,7 @@
 // The reverse direction's database side: raw hook deliveries, the deal mirror and its
 // extension point (amocrm.deal_changes), the events feed cursor. The only module that
-// names these database functions (supabase/migrations/20261201000300_amocrm_mirror.sql).
+// names these database functions (supabase/migrations/20261201000300_amocrm_mirror.sql,
+// 20261207000200_amocrm_mirror_order.sql).
 import type { LeadChange } from '../amocrm/hooks.ts';
 import type { Db } from './port.ts';
 
@@ -26,12 +27,29 @@ export interface AppliedChange {
   changed?: boolean;
   pipeline_id?: number;
   status_id?: number;
-  /** Why not applied: not_relevant, duplicate, older, no_lead_id. */
+  /** Why not applied: not_relevant, duplicate, older, no_lead_id, not_in_amocrm. */
   reason?: string;
 }
 
-export const applyDeliveries = (db: Db, pipelineId: number, limit = 100) =>
-  db.rpc<{ deliveries: number; results: AppliedChange[] }>('amocrm_apply_deliveries', { p_pipeline_id: pipelineId, p_limit: limit });
+/** A deal as read from amoCRM, for a change its hook sent without amoCRM's modification time. */
+export interface LeadState {
+  pipeline_id: number;
+  status_id: number;
+  /** amoCRM's updated_at (unix seconds). */
+  modified_at: number;
+  modified_by?: number;
+  name?: string;
+}
+
+/**
+ * Applies pending deliveries. `holder` names the applier: deliveries lacking amoCRM's time
+ * are claimed for it, and their deals come back in `to_read`; the next call passes the deals
+ * read (`leads`, by lead id) and applies them. Without `leads`, no such delivery is applied.
+ */
+export const applyDeliveries = (db: Db, pipelineId: number, { holder, leads, limit = 100 }: { holder?: string; leads?: Record<string, LeadState>; limit?: number } = {}) =>
+  db.rpc<{ deliveries: number; results: AppliedChange[]; to_read: number[] }>('amocrm_apply_deliveries', {
+    p_pipeline_id: pipelineId, p_limit: limit, p_holder: holder ?? null, p_leads: leads ?? null,
+  });
 
 export const applyChanges = (db: Db, changes: LeadChange[], source: string, pipelineId: number) =>
   db.rpc<{ results: AppliedChange[] }>('amocrm_apply_changes', { p_changes: changes.length ? changes : null, p_source: source, p_pipeline_id: pipelineId });
