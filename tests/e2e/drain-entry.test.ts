@@ -76,7 +76,7 @@ describe('the drainer\'s entry', () => {
     const [st] = await students(1, 'unauth');
     await s.complete(st!.userId, 67);
     await makeDue();
-    for (const headers of [{}, { 'x-webhook-secret': 'not-the-secret' }]) {
+    for (const headers of [{}, { 'x-webhook-secret': 'not-the-secret' }] as Record<string, string>[]) {
       const res = await handleDrain(drainRequest(headers), async () => rt);
       expect(res.status).toBe(401);
       expect(await res.text()).not.toContain(s.env.AMOCRM_WEBHOOK_SECRET!);
