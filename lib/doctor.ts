@@ -95,6 +95,8 @@ const EXPECTED_FUNCTIONS = [
   'amocrm_status',
   // The burst migration (20261201000600): a drainer's batch writes.
   'amocrm_finish_events', 'amocrm_remember_leads',
+  // The feed window migration (20261207000300): without it the events feed is never read.
+  'amocrm_get_feed_window', 'amocrm_put_feed_window',
 ];
 const MIGRATE = 'apply the migrations in supabase/migrations (supabase db push, or paste them into the SQL editor in order)';
 const REAUTH = 'authorize again and store the tokens: npm run amocrm -- exchange-code <code from amoCRM>';

@@ -1,6 +1,7 @@
 // The operator console's reads, one database function per view (each served by an index:
-// see supabase/migrations/20261201000400_amocrm_console.sql). The only module that names
-// these functions.
+// see supabase/migrations/20261201000400_amocrm_console.sql); the health view adds where
+// reading the events feed stands (mirror.ts). The only module that names these functions.
+import { getFeedState, type FeedState } from './mirror.ts';
 import type { Db } from './port.ts';
 
 export interface FunnelLesson { stage_number: number; lesson_id: number; completed: number; moved: number; skipped: number; failed: number; waiting: number }
@@ -27,10 +28,17 @@ export interface Health {
   dead_total: number;
   retries_in_period: number;
   hooks: { pending: number; flagged: number };
+  /** Reading amoCRM's events feed (the hooks' backstop): null before the first read. */
+  feed: FeedState | null;
 }
 
-export const consoleHealth = (db: Db, p: { from: string; to: string; bucket: 'hour' | 'day' }) =>
-  db.rpc<Health>('amocrm_console_health', { p_from: p.from, p_to: p.to, p_bucket: p.bucket });
+export async function consoleHealth(db: Db, p: { from: string; to: string; bucket: 'hour' | 'day' }): Promise<Health> {
+  const [health, feed] = await Promise.all([
+    db.rpc<Omit<Health, 'feed'>>('amocrm_console_health', { p_from: p.from, p_to: p.to, p_bucket: p.bucket }),
+    getFeedState(db),
+  ]);
+  return { ...health, feed };
+}
 
 export interface ConsoleItem {
   id: number;

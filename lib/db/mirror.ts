@@ -1,7 +1,7 @@
 // The reverse direction's database side: raw hook deliveries, the deal mirror and its
-// extension point (amocrm.deal_changes), the events feed cursor. The only module that
-// names these database functions (supabase/migrations/20261201000300_amocrm_mirror.sql,
-// 20261207000200_amocrm_mirror_order.sql).
+// extension point (amocrm.deal_changes), where reading the events feed stands. The only
+// module that names these database functions (supabase/migrations/20261201000300_amocrm_mirror.sql,
+// 20261207000200_amocrm_mirror_order.sql, 20261207000300_amocrm_feed_window.sql).
 import type { LeadChange } from '../amocrm/hooks.ts';
 import type { Db } from './port.ts';
 
@@ -69,8 +69,27 @@ export interface StudentDeal {
 /** "Where is student X's deal now". */
 export const studentDeal = (db: Db, userId: string) => db.rpc<StudentDeal>('amocrm_student_deal', { p_user_id: userId });
 
-/** Unix seconds of the newest feed change read, or null before the first read. */
-export const getFeedCursor = (db: Db) => db.rpc<number | null>('amocrm_get_feed_cursor');
-export async function putFeedCursor(db: Db, from: number): Promise<void> {
-  await db.rpc('amocrm_put_feed_cursor', { p_from: Math.floor(from) });
+/**
+ * Where reading amoCRM's events feed stands (amocrm.system_settings 'events_feed_window';
+ * supabase/migrations/20261207000300_amocrm_feed_window.sql). Times are unix seconds.
+ */
+export interface FeedState {
+  /** Every change created up to here has been read (the end of the last window read in full); null before. */
+  read_through: number | null;
+  /** The window a run stopped inside (changes created from..to) and the page to go on at; null/null/1 between windows. */
+  from: number | null;
+  to: number | null;
+  page: number;
+  /** now − read_through (or − the first window's start): how far behind the feed may be. */
+  lag_seconds: number;
+  updated_at: string | null;
 }
+
+/** Null before the feed was ever read. */
+export const getFeedState = (db: Db) => db.rpc<FeedState | null>('amocrm_get_feed_window');
+
+/** Stores how far reading got (only forward) and answers with what is stored then. */
+export const putFeedState = (db: Db, s: { readThrough: number | null; window: { from: number; to: number; page: number } | null }) =>
+  db.rpc<FeedState>('amocrm_put_feed_window', {
+    p_read_through: s.readThrough, p_from: s.window?.from ?? null, p_to: s.window?.to ?? null, p_page: s.window?.page ?? 1,
+  });

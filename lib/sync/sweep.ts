@@ -71,7 +71,8 @@ export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise
     report.hooksApplied = (await applyPendingDeliveries(rt)).deliveries;
     if (chainOk && left() > 2_000) {
       try {
-        report.feedChanged = (await reconcileFeed(rt)).changed;
+        // What the run has left, less a second to finish: a window cut short is resumed by the next run.
+        report.feedChanged = (await reconcileFeed(rt, { budgetMs: left() - 1_000 })).changed;
       } catch (err) {
         log.warn('Лента событий amoCRM не прочитана: следующий плановый запуск повторит', { code: err instanceof AmoError ? err.code : 'internal' });
       }

@@ -1,6 +1,7 @@
 // Health over time: attempts per hour/day by outcome (server-drawn SVG), commit→move
 // latency, the queue, 429s and the shared rate, retries and dead events, the token, the
-// drainer, amoCRM's hooks; with the one operator action that belongs here (resume parked).
+// drainer, amoCRM's hooks and the events feed behind them (its lag); with the one operator
+// action that belongs here (resume parked).
 import type { Health } from '../../../db/console.ts';
 import { stackedBars, type Column } from '../chart.ts';
 import { count, duration, share, time } from '../format.ts';
@@ -50,6 +51,20 @@ function tokenStat(token: Health['token'], nowMs: number): Html {
   return stat('token', `Токен amoCRM (${token.kind})`, state, html`${expiry}${token.auth_problem ? html`<br>${outsideText(token.auth_problem, 300)}` : ''}`);
 }
 
+/** Scheduled runs every 2 minutes, each window re-reading 2 minutes: a feed keeping up lags under this. */
+const FEED_LAG_OK_SECONDS = 600;
+const unixTime = (seconds: number | null) => time(seconds === null ? null : new Date(seconds * 1000).toISOString());
+
+function feedStat(feed: Health['feed']): Html {
+  if (!feed) return stat('feed', 'Лента событий amoCRM', html`<span class="badge s-skipped">не читалась</span>`, 'её читает плановый запуск, когда задан AMOCRM_HOOK_SECRET');
+  const behind = feed.lag_seconds > FEED_LAG_OK_SECONDS;
+  const where = feed.from !== null && feed.to !== null
+    ? html`читается окно ${unixTime(feed.from)} — ${unixTime(feed.to)}, дальше со страницы ${count(feed.page)}`
+    : html`прочитана до ${unixTime(feed.read_through)}`;
+  return stat('feed', 'Лента событий amoCRM', html`отстаёт на <span data-value="${feed.lag_seconds}">${duration(feed.lag_seconds * 1000)}</span>`,
+    html`${behind ? html`<span class="badge s-parked">догоняет</span> ` : ''}${where}; обновлено ${time(feed.updated_at)}`);
+}
+
 export function healthView(health: Health, period: Period, bucket: 'hour' | 'day', keepParams: Record<string, string | undefined>, nowMs: number): Html {
   const { queue, latency, rate, drain } = health;
   const columns = columnsOf(health, period, bucket);
@@ -82,6 +97,7 @@ ${rateStat}
 ${tokenStat(health.token, nowMs)}
 ${drainStat}
 ${stat('hooks', 'Хуки amoCRM', html`${count(health.hooks.pending)} ждут`, html`не разобраны (нужен оператор): ${count(health.hooks.flagged)}`)}
+${feedStat(health.feed)}
 </div>
 ${resume}`;
 }
