@@ -57,7 +57,7 @@ export function readableTrace(trace: string[]): string[] {
 }
 
 export async function explore(w: World, o: ExploreOptions): Promise<ExploreOutcome> {
-  const seed = o.seed ?? Date.now() ^ (Math.random() * 0x1_0000_0000);
+  const seed = o.seed ?? ((Date.now() ^ (Math.random() * 0x1_0000_0000)) >>> 0) % 0x7fff_ffff;
   let schedules = 0;
   const property = fc.asyncProperty(scenarioArb(o.profile), fc.scheduler({ act: w.g.act }), async (scenario, s) => {
     const result = await runSchedule(w, scenario, s);
@@ -76,7 +76,7 @@ export async function explore(w: World, o: ExploreOptions): Promise<ExploreOutco
   const err = details.errorInstance;
   const result = err instanceof ScheduleFailed ? err.result : undefined;
   const path = details.counterexamplePath ?? undefined;
-  const command = `npm run explore -- --profile ${o.profile} --seed ${details.seed} --path "${path}"${o.only ? ` --only ${o.only.join(',')}` : ''}`;
+  const command = `npm run explore -- --profile ${o.profile} --seed=${details.seed} --path "${path}"${o.only ? ` --only ${o.only.join(',')}` : ''}`;
   const scenario = details.counterexample?.[0] as Scenario | undefined;
   const lines = [
     `✖ ${o.profile}: an invariant broke after ${details.numRuns} schedule(s) (${details.numShrinks} shrink steps), seed ${details.seed}, path ${path}`,
