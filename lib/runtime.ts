@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { systemClock, type Clock } from './clock.ts';
 import { ConfigError, loadConfig, readVariable, type Config } from './config.ts';
 import type { Db } from './db/port.ts';
-import { axiosTransport, createAmoHttp, type Transport } from './amocrm/http.ts';
+import { axiosTransport, createAmoHttp, type TokenSource, type Transport } from './amocrm/http.ts';
 import { createOAuthClient, type OAuthClient } from './amocrm/oauth.ts';
 import { databaseRateLimiter, spareCapacityLimiter } from './amocrm/rate-limit.ts';
 import { amoResources, type AmoResources } from './amocrm/resources.ts';
@@ -46,9 +46,14 @@ export function buildRuntime(config: Config, db: Db, parts: { transport?: Transp
       const limiter = lane === 'spare'
         ? spareCapacityLimiter(db, clock, config.amocrm.maxRps)
         : databaseRateLimiter(db, clock, config.amocrm.maxRps, maxWaitMs);
-      const oauth = createOAuthClient(transport, limiter, clock, config.amocrm);
+      // One sender for every amoCRM request of the invocation, the token refresh's included:
+      // it asks the token manager for bearers, and the token manager refreshes through the
+      // OAuth resource over this same sender.
+      const bearers: TokenSource = { current: () => tokens.current(), afterUnauthorized: (used) => tokens.afterUnauthorized(used) };
+      const http = createAmoHttp(transport, bearers, limiter);
+      const oauth = createOAuthClient(http, clock, config.amocrm);
       const tokens = new TokenManager({ db, oauth, clock, log, holder, seed: config.amocrm.seed });
-      const amo = amoResources(createAmoHttp(transport, tokens, limiter));
+      const amo = amoResources(http);
       return {
         holder, tokens, oauth, amo,
         sync: { db, amo, log, clock, settings: { pipelineId: config.pipelineId, stageIds: config.stageIds, maxAttempts: config.maxAttempts, requestTimeoutMs: config.amocrm.timeoutMs } },

@@ -1,7 +1,8 @@
-// The request sender (in the spirit of stripe-node's): one place that knows how to talk
-// to amoCRM: base URL, timeouts, the shared rate limit, the bearer token, one refresh
-// and retry on 401, and the classification of failures. Resources above it only
-// describe requests.
+// The request sender (in the spirit of stripe-node's RequestSender): the one place that
+// sends to amoCRM, for every caller (the sync, OAuth's token endpoint, the CLI): base URL,
+// timeouts, the shared rate limit (the slot a request asks for), the bearer token, one
+// refresh and retry on 401, the classification of failures and the report of a 429.
+// Resources above it only describe requests and what their answers mean.
 import type { AxiosInstance } from 'axios';
 import { AmoError, needsOperator, permanent, retryable } from './errors.ts';
 import type { RateLimiter } from './rate-limit.ts';
@@ -18,6 +19,17 @@ export interface AmoRequest {
   answers?: readonly number[];
   /** The caller no longer wants it (its batch stopped calling amoCRM): not sent if aborted before its slot comes. */
   signal?: AbortSignal;
+  /**
+   * Whose bearer token: unset, the token source's (refreshed once and retried on a 401);
+   * a string, that token as is (one being checked before it is stored: a 401 is its
+   * verdict, nothing to refresh); false, none (OAuth's token endpoint).
+   */
+  bearer?: string | false;
+  /**
+   * The token refresh's slot: ahead of the queue but counted (rate-limit.ts), and not held
+   * behind the invocation's first request, which may be the one waiting for the token.
+   */
+  priority?: boolean;
 }
 
 export interface AmoResponse<T = any> {
@@ -139,33 +151,38 @@ export interface AmoHttp {
  * for what a warm invocation does not (a new connection, lazy initialisation) and can
  * arrive after the next, which left on time, so two would land in one slot's gap. It also
  * means a run that meets a 429 or an outage asks once, not once per request in flight.
+ * A priority request (the refresh) never waits for the first: the first may be waiting for it.
  */
 export function createAmoHttp(transport: Transport, tokens: TokenSource, limiter: RateLimiter): AmoHttp {
   let first: Promise<unknown> | undefined; // settled: the invocation is warm
 
+  /** One attempt: its slot (unless the caller gave up), then the request. */
+  async function attempt(req: AmoRequest, bearer: string | undefined) {
+    if (!req.signal?.aborted) await (req.priority ? limiter.acquire({ priority: true }) : limiter.acquire());
+    if (req.signal?.aborted) throw retryable('cancelled', 'запрос к amoCRM отменён: пакет остановлен');
+    return transport.send(req, bearer);
+  }
+
   async function exchange<T>(req: AmoRequest): Promise<AmoResponse<T>> {
-    let token = await tokens.current();
+    let token = req.bearer === undefined ? await tokens.current() : undefined;
     // Before the slot: a slot is a promise to send now, not after axios has loaded.
     await transport.ready?.();
-    for (let attempt = 0; ; attempt++) {
-      if (!req.signal?.aborted) await limiter.acquire();
-      if (req.signal?.aborted) throw retryable('cancelled', 'запрос к amoCRM отменён: пакет остановлен');
-      const res = await transport.send(req, token.accessToken);
-      if (res.status === 401 && attempt === 0) {
-        token = await tokens.afterUnauthorized(token); // refresh once, then retry once
-        continue;
-      }
-      if ((res.status >= 200 && res.status < 300) || req.answers?.includes(res.status)) {
-        return { status: res.status, data: res.status === 204 ? null : (res.data as T) };
-      }
-      const error = classifyStatus(res.status, res.headers, res.data);
-      if (res.status === 429) await limiter.rateLimited(error.details.retryAfterMs).catch(() => undefined);
-      throw error;
+    let res = await attempt(req, token?.accessToken ?? (req.bearer || undefined));
+    if (res.status === 401 && token) {
+      token = await tokens.afterUnauthorized(token); // refresh once, then retry once
+      res = await attempt(req, token.accessToken);
     }
+    if ((res.status >= 200 && res.status < 300) || req.answers?.includes(res.status)) {
+      return { status: res.status, data: res.status === 204 ? null : (res.data as T) };
+    }
+    const error = classifyStatus(res.status, res.headers, res.data);
+    if (res.status === 429) await limiter.rateLimited(error.details.retryAfterMs).catch(() => undefined);
+    throw error;
   }
 
   return {
     async request<T>(req: AmoRequest): Promise<AmoResponse<T>> {
+      if (req.priority) return exchange<T>(req);
       if (first) {
         await first;
         return exchange<T>(req);

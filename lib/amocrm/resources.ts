@@ -88,9 +88,17 @@ function toPipeline(raw: any): Pipeline {
   };
 }
 
-// Each resource names its method, path and the statuses that are answers for it; what
-// any other status means is decided once, in the request sender (http.ts).
+// Each resource names its method, path and the statuses that are answers for it, and says
+// what those answers mean (204 → nothing found, 404 → no such deal, a refused stage); what
+// any other status means is decided once, in the request sender (http.ts), which is also
+// the only thing that sends.
 export function amoResources(http: AmoHttp) {
+  return { ...reads(http), ...moves(http), ...catalogue(http), ...account(http) };
+}
+
+export type AmoResources = ReturnType<typeof amoResources>;
+
+function reads(http: AmoHttp) {
   return {
     /** Contacts whose any field contains `query` (amoCRM's search over-matches: the caller filters). */
     async searchContacts(query: string, signal?: AbortSignal): Promise<ContactSearch> {
@@ -131,6 +139,11 @@ export function amoResources(http: AmoHttp) {
       if (!res.data || res.status === 404) return null;
       return res.data.is_deleted ? null : res.data;
     },
+  };
+}
+
+function moves(http: AmoHttp) {
+  return {
 
     /** `signal`: the move must not leave once it is aborted (its claim would not cover it). */
     async moveLead(id: number, pipelineId: number, statusId: number, signal?: AbortSignal): Promise<void> {
@@ -161,6 +174,11 @@ export function amoResources(http: AmoHttp) {
       });
       return res.status >= 200 && res.status < 300 ? 'ok' : 'rejected';
     },
+  };
+}
+
+function catalogue(http: AmoHttp) {
+  return {
 
     /** The pipeline with its stages, or null when there is no such pipeline. */
     async getPipeline(id: number): Promise<Pipeline | null> {
@@ -183,6 +201,11 @@ export function amoResources(http: AmoHttp) {
       if (!res.data) return { events: [], more: false };
       return { events: (res.data._embedded?.events ?? []) as AmoEvent[], more: Boolean(res.data._links?.next) };
     },
+  };
+}
+
+function account(http: AmoHttp) {
+  return {
 
     /** The account's webhooks (managing them needs an admin's token). */
     async listWebhooks(): Promise<AmoWebhook[]> {
@@ -206,7 +229,16 @@ export function amoResources(http: AmoHttp) {
       if (!res.data) throw retryable('account_failed', 'amoCRM: пустой ответ на GET /api/v4/account');
       return res.data;
     },
+
+    /**
+     * The account as `token` sees it: a token being checked before it is stored, sent as
+     * is (no refresh). null when amoCRM refuses the token (401).
+     */
+    async getAccountWith(token: string): Promise<{ id: number; name: string; subdomain: string } | null> {
+      const res = await http.request({ method: 'GET', path: '/api/v4/account', bearer: token, answers: [401] });
+      if (res.status === 401) return null;
+      if (!res.data) throw retryable('account_failed', 'amoCRM: пустой ответ на GET /api/v4/account', { status: res.status });
+      return res.data;
+    },
   };
 }
-
-export type AmoResources = ReturnType<typeof amoResources>;

@@ -1,8 +1,8 @@
 // The token commands: `exchange-code <code>` (first pair of an OAuth integration),
 // `store-long-lived <token>` (a private integration) and `refresh` (rotate now). They
 // print expiries, versions and counts, never a token value.
+import { AmoError } from '../amocrm/errors.ts';
 import type { AmoResources } from '../amocrm/resources.ts';
-import { databaseRateLimiter } from '../amocrm/rate-limit.ts';
 import { jwtExpiry } from '../amocrm/tokens.ts';
 import { storeTokens } from '../db/tokens.ts';
 import type { Runtime } from '../runtime.ts';
@@ -52,18 +52,9 @@ export async function storeLongLivedCommand(ctx: CommandContext, token: string):
     } catch {
       runtime = undefined;
     }
-    let verified: { ok: boolean; text: string } | undefined;
-    if (runtime) {
-      // Through the shared limiter like every amoCRM request (7 req/s per integration).
-      await runtime.transport.ready?.();
-      await databaseRateLimiter(ctx.db, runtime.clock, runtime.config.amocrm.maxRps, 10_000).acquire();
-      const res = await runtime.transport.send({ method: 'GET', path: '/api/v4/account' }, value);
-      if (res.status === 401) return finish(1, ['❌ amoCRM rejects this token (401): not stored → copy the long-lived token again, or issue a new one']);
-      const account = res.data as { name?: string; subdomain?: string } | null;
-      verified = res.status === 200
-        ? { ok: true, text: `amoCRM accepts it: account '${account?.name}' (${account?.subdomain})` }
-        : { ok: false, text: `amoCRM answered ${res.status} to GET /api/v4/account` };
-    }
+    // Through the runtime's sender like every amoCRM request (the shared limit, 7 req/s per integration).
+    const verified = runtime ? await verify(runtime.invocation(10_000).amo, value) : undefined;
+    if (verified === 'rejected') return finish(1, ['❌ amoCRM rejects this token (401): not stored → copy the long-lived token again, or issue a new one']);
     const stored = await storeTokens(ctx.db, { kind: 'long_lived', accessToken: value, refreshToken: null, expiresAt: exp ?? null });
     const expiry = exp ? `expires ${iso(exp.getTime())} (${inWords(exp.getTime() - now)})` : 'expiry not readable from the token';
     const lines = [
@@ -92,6 +83,22 @@ export async function refreshCommand(ctx: CommandContext): Promise<CommandResult
     ]);
   } catch (err) {
     return failed(err);
+  }
+}
+
+/**
+ * What amoCRM says to the account read with `token`: 'rejected' (401: not to be stored); any
+ * other status it answered is a warning, the token is stored anyway. No answer at all throws.
+ */
+async function verify(amo: AmoResources, token: string): Promise<{ ok: boolean; text: string } | 'rejected'> {
+  try {
+    const account = await amo.getAccountWith(token);
+    if (!account) return 'rejected';
+    return { ok: true, text: `amoCRM accepts it: account '${account.name}' (${account.subdomain})` };
+  } catch (err) {
+    const status = err instanceof AmoError ? err.details.status : undefined;
+    if (status === undefined) throw err;
+    return { ok: false, text: `amoCRM answered ${status} to GET /api/v4/account` };
   }
 }
 
