@@ -15,6 +15,7 @@ const id = z.preprocess(
 );
 const optionalText = z.string().trim().min(1).optional();
 
+/** Each variable's own rule; the rules across variables are in crossProblems. */
 export const envSchema = z
   .object({
     SUPABASE_URL: z.url().optional(),
@@ -53,20 +54,6 @@ export const envSchema = z
     AMOCRM_MAX_RPS: z.coerce.number().positive().max(7).default(6),
     AMOCRM_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(8),
     AMOCRM_TIMEOUT_MS: z.coerce.number().int().min(1000).max(60000).default(10000),
-  })
-  .superRefine((env, ctx) => {
-    if (!env.AMOCRM_BASE_URL && !env.AMOCRM_SUBDOMAIN) {
-      ctx.addIssue({ code: 'custom', path: ['AMOCRM_SUBDOMAIN'], message: 'set AMOCRM_SUBDOMAIN (the part before .amocrm.ru / .kommo.com)' });
-    }
-    if (!env.AMOCRM_LONG_LIVED_TOKEN) {
-      for (const key of ['AMOCRM_CLIENT_ID', 'AMOCRM_CLIENT_SECRET', 'AMOCRM_REDIRECT_URI'] as const) {
-        if (!env[key]) ctx.addIssue({ code: 'custom', path: [key], message: 'required for OAuth (or set AMOCRM_LONG_LIVED_TOKEN for a private integration)' });
-      }
-    }
-    const stages = [env.AMOCRM_STAGE_LESSON_1, env.AMOCRM_STAGE_LESSON_2, env.AMOCRM_STAGE_LESSON_3];
-    if (new Set(stages).size !== stages.length) {
-      ctx.addIssue({ code: 'custom', path: ['AMOCRM_STAGE_LESSON_1'], message: 'the three lesson stages must be different stage ids' });
-    }
   });
 
 export type Env = z.infer<typeof envSchema>;
@@ -102,52 +89,130 @@ export class ConfigError extends Error {
   }
 }
 
-export function parseEnv(source: Record<string, string | undefined>): Env {
-  // Empty strings (a variable declared but left blank) count as missing.
-  const cleaned = Object.fromEntries(Object.entries(source).filter(([, v]) => v !== undefined && v.trim() !== ''));
-  const result = envSchema.safeParse(cleaned);
-  if (!result.success) {
-    throw new ConfigError(
-      result.error.issues.map((i) => ({ variable: String(i.path[0] ?? 'env'), message: i.message })),
-    );
-  }
-  return result.data;
+/** One thing wrong with the environment: the variable, what is wrong, and what to do. */
+export interface ConfigProblem {
+  variable: string;
+  message: string;
+  fix: string;
+  /** Blank or absent (rather than set to something wrong). */
+  missing: boolean;
+  /** Found only for the deployed functions (requireSupabase): how they reach the database. */
+  deployed?: true;
 }
+
+/** Values computed from more than one variable (or with a fallback), computed only here. */
+export interface Derived {
+  /** SUPABASE_URL, else SUPABASE_DATABASE_URL (trimmed, as given: https:// or postgres://). */
+  supabaseUrl?: string;
+  supabaseUrlFrom?: 'SUPABASE_URL' | 'SUPABASE_DATABASE_URL';
+  /** AMOCRM_BASE_URL, else https://<AMOCRM_SUBDOMAIN>.<AMOCRM_BASE_DOMAIN>; no trailing slash. */
+  amocrmBaseUrl?: string;
+  /** Netlify's URL when it is an http(s) address, no trailing slash. */
+  siteUrl?: string;
+  /** AMOCRM_DRAIN_URL, else the background drainer on the site. */
+  drainUrl?: string;
+}
+
+export interface ConfigReading {
+  /** Present when every AMOCRM_* rule holds (Supabase's problems, when asked for, do not withhold it). */
+  config?: Config;
+  /** Every variable that parsed, under its own rule, whatever the others do. */
+  values: Partial<Env>;
+  /** Every problem at once: each variable's own rule, the rules across variables, Supabase's if asked. */
+  problems: ConfigProblem[];
+  derived: Derived;
+}
+
+export const STAGE_VARS = ['AMOCRM_STAGE_LESSON_1', 'AMOCRM_STAGE_LESSON_2', 'AMOCRM_STAGE_LESSON_3'] as const;
+export const OAUTH_VARS = ['AMOCRM_CLIENT_ID', 'AMOCRM_CLIENT_SECRET', 'AMOCRM_REDIRECT_URI'] as const;
+export const NETLIFY_ENV = 'Netlify → Site configuration → Environment variables (and .env locally)';
 
 type EnvShape = typeof envSchema.shape;
+type Key = keyof EnvShape;
+type Source = Record<string, string | undefined>;
+const KEYS = Object.keys(envSchema.shape) as Key[];
+const isBlank = (v: string | undefined) => v === undefined || v.trim() === '';
 
 /**
- * One variable read alone, with the same rule as the whole configuration: what an endpoint
- * needs to check its caller (its own secret) before the rest is known to be valid. Blank
- * counts as missing, as in parseEnv.
+ * The configuration from the raw environment, read once: the config, every problem with
+ * its fix, and the derived values. Blank counts as missing. `requireSupabase`: the
+ * deployed functions' view, where SUPABASE_URL and the service-role key are needed too.
  */
-export function readVariable<K extends keyof EnvShape>(source: Record<string, string | undefined>, key: K):
-  { value: z.output<EnvShape[K]>; problem?: undefined } | { value?: undefined; problem: 'missing' | 'malformed' } {
-  const raw = source[key];
-  if (raw === undefined || raw.trim() === '') return { problem: 'missing' };
-  const result = envSchema.shape[key].safeParse(raw);
-  return result.success ? { value: result.data as z.output<EnvShape[K]> } : { problem: 'malformed' };
+export function readConfig(source: Source, options: { requireSupabase?: boolean } = {}): ConfigReading {
+  const { values, problems } = readFields(source);
+  problems.push(...crossProblems(source, values, problems));
+  const derived = derive(source, values);
+  const config = problems.length === 0 ? buildConfig(values as Env, derived) : undefined;
+  if (options.requireSupabase) {
+    for (const p of supabaseProblems(source, derived)) {
+      if (!problems.some((q) => q.variable === p.variable)) problems.push({ ...p, deployed: true });
+    }
+  }
+  return { config, values, problems, derived };
 }
 
-function siteFunctionUrl(site: string | undefined, name: string): string | undefined {
-  if (!site || !/^https?:\/\//.test(site)) return undefined;
-  return `${site.replace(/\/+$/, '')}/.netlify/functions/${name}`;
+/** What to do about `variable` (`otherwise`: when there is no hint for it), and where to set it. */
+export const fixFor = (variable: string, otherwise = 'fix the value') => `${HINTS[variable] ?? otherwise}; set it in ${NETLIFY_ENV}`;
+const problem = (variable: string, message: string, missing: boolean): ConfigProblem => ({ variable, message, missing, fix: fixFor(variable) });
+
+function readFields(source: Source): { values: Partial<Env>; problems: ConfigProblem[] } {
+  const values: Record<string, unknown> = {};
+  const problems: ConfigProblem[] = [];
+  for (const key of KEYS) {
+    const blank = isBlank(source[key]);
+    const result = envSchema.shape[key].safeParse(blank ? undefined : source[key]);
+    if (result.success) {
+      if (result.data !== undefined) values[key] = result.data;
+      continue;
+    }
+    const messages = [...new Set(result.error.issues.map((i) => i.message))];
+    for (const message of messages) problems.push(problem(key, message, blank));
+  }
+  return { values: values as Partial<Env>, problems };
 }
 
-export function loadConfig(source: Record<string, string | undefined> = process.env): Config {
-  const env = parseEnv(source);
-  const supabaseUrl = env.SUPABASE_URL ?? env.SUPABASE_DATABASE_URL;
+/** The rules across variables, checked whatever else is wrong (a variable already wrong is not reported twice). */
+function crossProblems(source: Source, v: Partial<Env>, known: ConfigProblem[]): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  const open = (variable: string) => !known.some((p) => p.variable === variable);
+  if (!v.AMOCRM_BASE_URL && !v.AMOCRM_SUBDOMAIN && open('AMOCRM_SUBDOMAIN') && open('AMOCRM_BASE_URL')) {
+    out.push(problem('AMOCRM_SUBDOMAIN', 'set AMOCRM_SUBDOMAIN (the part before .amocrm.ru / .kommo.com)', true));
+  }
+  if (!v.AMOCRM_LONG_LIVED_TOKEN) {
+    for (const key of OAUTH_VARS) {
+      if (!v[key] && open(key)) out.push(problem(key, 'required for OAuth (or set AMOCRM_LONG_LIVED_TOKEN for a private integration)', isBlank(source[key])));
+    }
+  }
+  const stages = STAGE_VARS.map((k) => v[k]);
+  if (stages.every((s) => s !== undefined) && new Set(stages).size !== stages.length) {
+    out.push(problem('AMOCRM_STAGE_LESSON_1', 'the three lesson stages must be different stage ids', false));
+  }
+  return out;
+}
+
+function derive(source: Source, v: Partial<Env>): Derived {
+  const supabaseUrlFrom = (['SUPABASE_URL', 'SUPABASE_DATABASE_URL'] as const).find((k) => !isBlank(source[k]));
+  const base = v.AMOCRM_BASE_URL ?? (v.AMOCRM_SUBDOMAIN ? `https://${v.AMOCRM_SUBDOMAIN}.${v.AMOCRM_BASE_DOMAIN ?? 'amocrm.ru'}` : undefined);
+  const site = v.URL?.trim();
+  const siteUrl = site && /^https?:\/\/\S+$/i.test(site) ? site.replace(/\/+$/, '') : undefined;
+  return {
+    supabaseUrl: supabaseUrlFrom ? source[supabaseUrlFrom]!.trim() : undefined,
+    supabaseUrlFrom,
+    amocrmBaseUrl: base?.replace(/\/+$/, ''),
+    siteUrl,
+    drainUrl: v.AMOCRM_DRAIN_URL ?? (siteUrl ? `${siteUrl}/.netlify/functions/amocrm-drain-background` : undefined),
+  };
+}
+
+function buildConfig(env: Env, derived: Derived): Config {
+  const serviceRoleKey = env.SUPABASE_SERVICE_ROLE_KEY;
   return {
     amocrm: {
-      baseUrl: (env.AMOCRM_BASE_URL ?? `https://${env.AMOCRM_SUBDOMAIN}.${env.AMOCRM_BASE_DOMAIN}`).replace(/\/+$/, ''),
+      baseUrl: derived.amocrmBaseUrl!,
       clientId: env.AMOCRM_CLIENT_ID,
       clientSecret: env.AMOCRM_CLIENT_SECRET,
       redirectUri: env.AMOCRM_REDIRECT_URI,
-      seed: {
-        accessToken: env.AMOCRM_ACCESS_TOKEN,
-        refreshToken: env.AMOCRM_REFRESH_TOKEN,
-        longLivedToken: env.AMOCRM_LONG_LIVED_TOKEN,
-      },
+      seed: { accessToken: env.AMOCRM_ACCESS_TOKEN, refreshToken: env.AMOCRM_REFRESH_TOKEN, longLivedToken: env.AMOCRM_LONG_LIVED_TOKEN },
       timeoutMs: env.AMOCRM_TIMEOUT_MS,
       maxRps: env.AMOCRM_MAX_RPS,
     },
@@ -156,8 +221,76 @@ export function loadConfig(source: Record<string, string | undefined> = process.
     webhookSecret: env.AMOCRM_WEBHOOK_SECRET,
     replayToken: env.AMOCRM_REPLAY_TOKEN,
     maxAttempts: env.AMOCRM_MAX_ATTEMPTS,
-    drainUrl: env.AMOCRM_DRAIN_URL ?? siteFunctionUrl(env.URL, 'amocrm-drain-background'),
+    drainUrl: derived.drainUrl,
     hooks: { secret: env.AMOCRM_HOOK_SECRET, subdomain: env.AMOCRM_SUBDOMAIN?.toLowerCase(), accountId: env.AMOCRM_ACCOUNT_ID },
-    supabase: supabaseUrl && env.SUPABASE_SERVICE_ROLE_KEY ? { url: supabaseUrl, serviceRoleKey: env.SUPABASE_SERVICE_ROLE_KEY } : undefined,
+    supabase: derived.supabaseUrl && serviceRoleKey ? { url: derived.supabaseUrl, serviceRoleKey } : undefined,
   };
 }
+
+/** The claims of a JWT-shaped key, unverified (only to tell an anon key from a service key). */
+function jwtClaims(token: string): Record<string, unknown> | undefined {
+  const payload = token.split('.')[1];
+  if (!payload) return undefined;
+  try {
+    return JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+/** How the deployed functions reach the database: the Data API URL and the service-role key. */
+function supabaseProblems(source: Source, derived: Derived): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  const { supabaseUrl: url, supabaseUrlFrom: from } = derived;
+  const key = source.SUPABASE_SERVICE_ROLE_KEY?.trim();
+  if (!url) out.push(problem('SUPABASE_URL', 'missing (nor SUPABASE_DATABASE_URL)', true));
+  else if (!/^https?:\/\//i.test(url)) {
+    out.push(problem(from!, 'is not an https:// API URL (a postgres:// connection string?); the functions call the database through the Data API', false));
+  }
+  if (!key) out.push(problem('SUPABASE_SERVICE_ROLE_KEY', 'missing', true));
+  else {
+    const role = jwtClaims(key)?.role;
+    if (key.startsWith('sb_publishable_') || (role !== undefined && role !== 'service_role')) {
+      out.push(problem('SUPABASE_SERVICE_ROLE_KEY', `is a public key (${role ? `role ${String(role)}` : 'publishable'}), not the service_role key: the amocrm_* functions refuse it`, false));
+    }
+  }
+  return out;
+}
+
+/** The configuration, or a ConfigError listing every problem (never a value). */
+export function loadConfig(source: Source = process.env): Config {
+  const reading = readConfig(source);
+  if (!reading.config) throw new ConfigError(reading.problems.map(({ variable, message }) => ({ variable, message })));
+  return reading.config;
+}
+
+/**
+ * One variable read alone, with the same rule as the whole configuration: what an endpoint
+ * needs to check its caller (its own secret) before the rest is known to be valid. Blank
+ * counts as missing, as in readConfig.
+ */
+export function readVariable<K extends Key>(source: Source, key: K):
+  { value: z.output<EnvShape[K]>; problem?: undefined } | { value?: undefined; problem: 'missing' | 'malformed' } {
+  const raw = source[key];
+  if (isBlank(raw)) return { problem: 'missing' };
+  const result = envSchema.shape[key].safeParse(raw);
+  return result.success ? { value: result.data as z.output<EnvShape[K]> } : { problem: 'malformed' };
+}
+
+/** What to do about each variable, for a problem's fix. */
+const HINTS: Record<string, string> = {
+  SUPABASE_URL: 'set it to the Project URL from Supabase → Project Settings → API (https://<ref>.supabase.co)',
+  SUPABASE_DATABASE_URL: 'set SUPABASE_URL to the Project URL from Supabase → Project Settings → API (https://<ref>.supabase.co)',
+  SUPABASE_SERVICE_ROLE_KEY: 'copy the service_role (secret) key from Supabase → Project Settings → API',
+  AMOCRM_SUBDOMAIN: 'set it to the part before .amocrm.ru in your account address (https://<subdomain>.amocrm.ru)',
+  AMOCRM_BASE_DOMAIN: 'one of amocrm.ru, amocrm.com, kommo.com',
+  AMOCRM_CLIENT_ID: 'copy the integration ID from amoCRM → Settings → Integrations → your integration → Keys and scopes',
+  AMOCRM_CLIENT_SECRET: 'copy the secret key from amoCRM → Settings → Integrations → your integration → Keys and scopes',
+  AMOCRM_REDIRECT_URI: 'set it to the redirect URI registered for the integration, exactly',
+  AMOCRM_PIPELINE_ID: 'npm run amocrm -- pipelines lists the pipeline ids',
+  AMOCRM_STAGE_LESSON_1: 'npm run amocrm -- pipelines lists the stage ids (three different stages)',
+  AMOCRM_STAGE_LESSON_2: 'npm run amocrm -- pipelines lists the stage ids',
+  AMOCRM_STAGE_LESSON_3: 'npm run amocrm -- pipelines lists the stage ids',
+  AMOCRM_WEBHOOK_SECRET: "generate one (node -e \"console.log('whsec_'+require('crypto').randomBytes(24).toString('base64'))\") and store the same value as webhook_secret in amocrm.system_settings",
+  AMOCRM_REPLAY_TOKEN: 'generate one: openssl rand -hex 32',
+};

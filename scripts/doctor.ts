@@ -4,7 +4,7 @@
 //                                           AMOCRM_* variables in the environment override its env
 //   npm run doctor -- --database-url <url>  a plain PostgreSQL instead of Supabase
 // One line per check (✅ / ⚠️ / ❌ … → what to do), then a summary line; exit 1 if any ❌.
-import { exitCodeOf, formatCheck, runDoctor } from '../lib/doctor.ts';
+import { exitCodeOf, formatCheck, runDoctor } from '../lib/ops/doctor/index.ts';
 import { redact } from '../lib/log.ts';
 import { parseCommandLine, runMain, UsageError } from './cli.ts';
 import { openTarget, TARGET_OPTIONS, TARGET_USAGE } from './target.ts';

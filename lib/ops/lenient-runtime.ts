@@ -2,14 +2,14 @@
 // stage ids in the first place, so those (and the webhook/replay secrets, which no
 // command uses) may be missing: they are filled with inert values and reported as not
 // configured. The OAuth variables may not: a refresh with made-up client credentials
-// would break the token chain.
-import { ConfigError, loadConfig, parseEnv } from '../config.ts';
+// would break the token chain. One reading of the environment (readConfig) lists every
+// problem at once, the rules across variables included, so the fill is decided in one go.
+import { ConfigError, readConfig, STAGE_VARS } from '../config.ts';
 import { memoryLogger } from '../log.ts';
 import { buildRuntime, type Runtime } from '../runtime.ts';
 import type { CommandContext, EnvSource } from './command.ts';
-import { STAGE_VARS } from './variables.ts';
 
-/** Inert values: above any real amoCRM id, and secrets nothing accepts. */
+/** Inert values: above any real amoCRM id (and different from each other), and secrets nothing accepts. */
 const INERT: Record<string, string> = {
   AMOCRM_PIPELINE_ID: '9007199254740001',
   AMOCRM_STAGE_LESSON_1: '9007199254740002',
@@ -27,29 +27,19 @@ export interface CommandRuntime {
 
 /** Throws ConfigError naming only the variables a command cannot do without. */
 export function commandRuntime(ctx: CommandContext): CommandRuntime {
+  const reading = readConfig(ctx.env);
+  const essential = reading.problems.filter((p) => !(p.variable in INERT));
+  if (essential.length) throw new ConfigError(essential);
+  const filled = new Set(reading.problems.map((p) => p.variable));
+  // Three different stages are required: if the ones kept still clash, none is kept.
+  const kept = STAGE_VARS.filter((v) => !filled.has(v)).map((v) => reading.values[v]);
+  if (new Set(kept).size !== kept.length) for (const v of STAGE_VARS) filled.add(v);
   const patched: EnvSource = { ...ctx.env };
-  const filled = new Set<string>();
-  // zod reports the cross-field rules only once every field parses: fill, parse again.
-  for (let round = 0; ; round++) {
-    try {
-      parseEnv(patched);
-      break;
-    } catch (err) {
-      if (!(err instanceof ConfigError) || round > 2) throw err;
-      const vars = err.problems.map((p) => p.variable);
-      if (!vars.every((v) => v in INERT)) {
-        throw new ConfigError(err.problems.filter((p) => !(p.variable in INERT)));
-      }
-      // Three distinct stages are required; a clash is reported on lesson 1: fill them all.
-      const fill = vars.some((v) => STAGE_VARS.includes(v as never) && filled.has(v)) ? [...vars, ...STAGE_VARS] : vars;
-      for (const v of fill) {
-        patched[v] = INERT[v];
-        filled.add(v);
-      }
-    }
-  }
+  for (const v of filled) patched[v] = INERT[v];
+  const { config, problems } = readConfig(patched);
+  if (!config) throw new ConfigError(problems);
   // The command's own logger: a token refresh it causes is reported by its own lines.
-  const runtime = buildRuntime(loadConfig(patched), ctx.db, { log: memoryLogger() });
+  const runtime = buildRuntime(config, ctx.db, { log: memoryLogger() });
   return {
     runtime,
     configured: {

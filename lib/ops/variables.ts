@@ -1,8 +1,9 @@
 // The environment variables the operator commands reason about by name, and the values
-// .env.example ships with: a copied .env still holding them is not configured yet.
+// .env.example ships with: a copied .env still holding them is not configured yet. The
+// values themselves are read by lib/config.ts (readConfig) only.
 
-export const STAGE_VARS = ['AMOCRM_STAGE_LESSON_1', 'AMOCRM_STAGE_LESSON_2', 'AMOCRM_STAGE_LESSON_3'] as const;
-export const OAUTH_VARS = ['AMOCRM_CLIENT_ID', 'AMOCRM_CLIENT_SECRET', 'AMOCRM_REDIRECT_URI'] as const;
+// Named in lib/config.ts (the one reader of the environment), used here by name only.
+export { OAUTH_VARS, STAGE_VARS } from '../config.ts';
 
 /** Hosts of .env.example's URLs: nobody's project or site. */
 export const EXAMPLE_HOSTS = ['your-project.supabase.co', 'your-site.netlify.app'] as const;
