@@ -10,6 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseEnv } from 'node:util';
 import type { Embedded } from '../dev/embedded.ts';
+import { readConfig } from '../lib/config.ts';
 import type { Db } from '../lib/db/port.ts';
 import type { EnvSource } from '../lib/ops/command.ts';
 import { memoryLogger } from '../lib/log.ts';
@@ -115,8 +116,10 @@ export async function openTarget(choice: TargetChoice, processEnv: EnvSource = p
 
   const { env, dotEnv } = readEnvironment(processEnv);
   if (choice['database-url'] !== undefined) return openPostgres(choice['database-url'], env, dotEnv, false);
-  const supabaseUrl = [env.SUPABASE_URL, env.SUPABASE_DATABASE_URL].map((v) => v?.trim()).find((v) => v);
-  const key = env.SUPABASE_SERVICE_ROLE_KEY?.trim();
+  // SUPABASE_URL (or SUPABASE_DATABASE_URL) and the key, as lib/config.ts reads them.
+  const { derived, values } = readConfig(env);
+  const supabaseUrl = derived.supabaseUrl;
+  const key = values.SUPABASE_SERVICE_ROLE_KEY;
   if (supabaseUrl && /^https?:\/\//i.test(supabaseUrl) && key) {
     const { supabaseDb } = await import('../lib/db/supabase.ts');
     return {
@@ -124,7 +127,9 @@ export async function openTarget(choice: TargetChoice, processEnv: EnvSource = p
       overrides: [], requireSupabase: true, dotEnv, close: async () => undefined,
     };
   }
-  if (!env.SUPABASE_URL?.trim() && env.DATABASE_URL?.trim()) return openPostgres(env.DATABASE_URL.trim(), env, dotEnv, false);
+  // DATABASE_URL is the CLIs' own (no function reads it): a plain PostgreSQL when SUPABASE_URL is absent.
+  const databaseUrl = env.DATABASE_URL?.trim();
+  if (derived.supabaseUrlFrom !== 'SUPABASE_URL' && databaseUrl) return openPostgres(databaseUrl, env, dotEnv, false);
   if (supabaseUrl && /^postgres(ql)?:\/\//i.test(supabaseUrl)) return openPostgres(supabaseUrl, env, dotEnv, true);
   return { mode: 'none', env, label: 'no database', overrides: [], requireSupabase: true, dotEnv, close: async () => undefined };
 }
@@ -136,7 +141,7 @@ export function requireDatabase(target: Target, embeddedRun: string): Db {
   if (target.dotEnv && !target.dotEnv.found) {
     throw new CliFailure(`no .env here (${target.dotEnv.path}) and no database in the environment → cp .env.example .env and fill it in, or try a fresh local stack: ${embeddedRun}`);
   }
-  const url = [target.env.SUPABASE_URL, target.env.SUPABASE_DATABASE_URL].map((v) => v?.trim()).find((v) => v);
+  const url = readConfig(target.env).derived.supabaseUrl;
   const what = !url ? 'SUPABASE_URL is not set'
     : !/^(https?|postgres(ql)?):\/\//i.test(url) ? 'SUPABASE_URL is neither an https:// API URL nor a postgres:// URL'
       : 'SUPABASE_SERVICE_ROLE_KEY is not set';
