@@ -1,5 +1,5 @@
 // The operator console's reads, one database function per view (each served by an index:
-// see supabase/migrations/20261201000400_amocrm_console.sql); the health view adds where
+// see supabase/migrations/20261208000500_amocrm_console.sql); the health view adds where
 // reading the events feed stands (mirror.ts). The only module that names these functions.
 import { getFeedState, type FeedState } from './mirror.ts';
 import type { Db } from './port.ts';

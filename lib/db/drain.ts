@@ -1,6 +1,6 @@
 // The drain lease (amocrm.drainer) and the look-ahead jobs: who works the queue at the
 // shared rate, and the sign-up jobs that find deals ahead of time. The only module that
-// names these database functions (supabase/migrations/20261201000200_amocrm_drain.sql).
+// names these database functions (supabase/migrations/20261208000300_amocrm_drain.sql).
 import type { Db } from './port.ts';
 
 export const DRAIN_LEASE_SECONDS = 60;

@@ -1,7 +1,6 @@
 // The reverse direction's database side: raw hook deliveries, the deal mirror and its
 // extension point (amocrm.deal_changes), where reading the events feed stands. The only
-// module that names these database functions (supabase/migrations/20261201000300_amocrm_mirror.sql,
-// 20261207000200_amocrm_mirror_order.sql, 20261207000300_amocrm_feed_window.sql).
+// module that names these database functions (supabase/migrations/20261208000400_amocrm_mirror.sql).
 import type { LeadChange } from '../amocrm/hooks.ts';
 import type { Db } from './port.ts';
 
@@ -71,7 +70,7 @@ export const studentDeal = (db: Db, userId: string) => db.rpc<StudentDeal>('amoc
 
 /**
  * Where reading amoCRM's events feed stands (amocrm.system_settings 'events_feed_window';
- * supabase/migrations/20261207000300_amocrm_feed_window.sql). Times are unix seconds.
+ * supabase/migrations/20261208000400_amocrm_mirror.sql). Times are unix seconds.
  */
 export interface FeedState {
   /** Every change created up to here has been read (the end of the last window read in full); null before. */

@@ -1,12 +1,20 @@
--- amocrm-lesson-sync: outbox of lesson events, token store, shared rate limiter,
--- and the SQL functions the Netlify functions call with supabase.rpc().
+-- amocrm-lesson-sync 1.0.0, the sync: the outbox of lesson events and the trigger that
+-- fills it, claims and outcomes, the token store, the shared rate limiter, and the SQL
+-- functions the Netlify functions call with supabase.rpc().
+--
+-- Migrations of 1.0.0, applied in order: this one (the sync), 20261208000200 (operations:
+-- doctor, reconcile, replay, status), 20261208000300 (the drainer and look-ahead jobs),
+-- 20261208000400 (the deal mirror: amoCRM's hooks and events feed), 20261208000500 (the
+-- operator console). Released migrations never change: a change goes into a new migration
+-- (supabase/migrations.sha256 lists the released ones). supabase/schema.sql shows the
+-- database they make, each definition once (npm run schema).
 --
 -- Everything lives in schema `amocrm`, which is NOT in PostgREST's exposed schemas:
 -- tokens and events cannot be reached over the Data API at all. The only doors are the
--- public.amocrm_* functions below, executable by service_role alone. They are
--- SECURITY DEFINER with an empty search_path (every name schema-qualified), so
--- service_role needs no direct table access to use them; the table grants exist for
--- operators who query the outbox from the SQL editor or a service-role client.
+-- public.amocrm_* functions, executable by service_role alone. They are SECURITY DEFINER
+-- with an empty search_path (every name schema-qualified), so service_role needs no
+-- direct table access to use them; the table grants exist for operators who query the
+-- outbox from the SQL editor or a service-role client.
 --
 -- Every RPC returns jsonb: PostgREST hands back a jsonb result as-is, so the
 -- supabase-js adapter and the plain SQL adapters (PGlite, pg) see the same shape.
@@ -31,6 +39,9 @@ grant usage on schema amocrm to service_role;
 --   webhook_secret    "whsec_..." shared with AMOCRM_WEBHOOK_SECRET (set per deployment)
 --   webhook_timeout_ms 10000
 --   pipeline:<id>     cached stage order of a pipeline {statuses:[{id,sort,name}], fetched_at}
+--   lookahead_enabled true (the drainer migration)
+--   events_feed_window / events_feed_cursor  where reading amoCRM's events feed stands
+--                     (the mirror migration)
 create table if not exists amocrm.system_settings (
   key          text primary key,
   value        jsonb not null,
@@ -56,6 +67,14 @@ on conflict (key) do nothing;
 --   failed      last attempt failed; retried at next_attempt_at (retryable) or never (permanent)
 --   parked      needs an operator (tokens revoked, account blocked); resumes by itself once fixed
 --   dead        retryable failures exhausted the attempts; kept for replay
+-- done_at: when the event's deal was first found in (or moved to) the lesson's stage. A
+--   forced replay of a done event whose deal has since gone further must not turn it into
+--   skipped: the move did happen. finish_event keeps such an event done (and says so in
+--   its answer, which the invocation logs).
+-- hold_until: a move of this event was sent and its answer never came (timeout, reset,
+--   5xx): amoCRM may still apply it. Until then no other event of the student is claimed,
+--   so no newer move can land before the late one. Never cleared: a retry that succeeds
+--   does not stop the first request from landing late.
 create table if not exists amocrm.sync_events (
   id               bigint generated always as identity primary key,
   user_id          uuid not null,
@@ -79,6 +98,8 @@ create table if not exists amocrm.sync_events (
   created_at       timestamptz not null default now(),
   updated_at       timestamptz not null default now(),
   finished_at      timestamptz,
+  done_at          timestamptz,
+  hold_until       timestamptz,
   -- A second completion of the same lesson by the same student is not a second event.
   unique (user_id, lesson_id)
 );
@@ -95,11 +116,34 @@ create table if not exists amocrm.student_leads (
   updated_at timestamptz not null default now()
 );
 
+-- ---------------------------------------------------------------------------
 -- Shared limiter: every instance of every function takes its amoCRM request slot here.
--- GCRA: next_free_at is the earliest time the next request may start.
+-- ---------------------------------------------------------------------------
+-- GCRA: next_free_at is the earliest time the next request may start. A slot is a promise
+-- "start your request at T". A starved process or a slow network starts it late, and late
+-- requests bunch up at amoCRM, which answers 429 and, when it keeps happening, blocks the
+-- whole account with 403. Three rules keep the promise:
+--   1. Reservations reach at most p_horizon_ms ahead (the functions pass 1 s; without it
+--      the queue is unbounded up to p_max_wait_ms); a caller further back in the queue
+--      is told to come back (granted=false, queued=true) instead of holding a slot it may
+--      start long after the world has changed (a 429 pause, say).
+--   2. The caller voids a slot it could not start on time and takes a new one (in
+--      lib/amocrm/rate-limit.ts: the database cannot see when a request really left).
+--   3. Any 429 pauses every instance (paused_until, honouring Retry-After) and halves
+--      the shared rate (rate_factor, penalized_at); the rate then recovers linearly to
+--      the full rate over 2 minutes. rate_limited_total counts the 429s.
+-- recent_slots: the slots handed out in the last 2 s (ordinary, spare and priority ones),
+--   which the token refresh counts (amocrm_take_rate_slot).
+-- priority_next_at is no longer read or set (the refresh slot is counted instead).
 create table if not exists amocrm.rate_limiter (
-  key          text primary key,
-  next_free_at timestamptz not null default now()
+  key                text primary key,
+  next_free_at       timestamptz not null default now(),
+  paused_until       timestamptz,
+  rate_factor        numeric not null default 1 check (rate_factor > 0 and rate_factor <= 1),
+  penalized_at       timestamptz,
+  priority_next_at   timestamptz,
+  rate_limited_total bigint not null default 0,
+  recent_slots       timestamptz[] not null default '{}'
 );
 insert into amocrm.rate_limiter (key) values ('amocrm') on conflict (key) do nothing;
 
@@ -278,16 +322,6 @@ create trigger amocrm_tripwire_lessons_changed
 
 select amocrm.install_lesson_trigger();
 
--- The JSON an invocation gets when it claims an event.
-create or replace function amocrm.event_json(e amocrm.sync_events) returns jsonb
-language sql stable set search_path = '' as $$
-  select jsonb_build_object(
-    'id', e.id, 'user_id', e.user_id, 'email', e.email, 'lesson_id', e.lesson_id,
-    'stage_number', e.stage_number, 'status', e.status, 'attempts', e.attempts,
-    'lead_id', e.lead_id, 'created_at', e.created_at,
-    'cached_lead_id', (select l.lead_id from amocrm.student_leads l where l.user_id = e.user_id))
-$$;
-
 -- ---------------------------------------------------------------------------
 -- RPC: events
 -- ---------------------------------------------------------------------------
@@ -314,10 +348,14 @@ begin
                             'stage_number', v.stage_number);
 end $$;
 
+-- ---------------------------------------------------------------------------
+-- Claims and outcomes
+-- ---------------------------------------------------------------------------
 -- One student's events are processed one at a time, whoever claims them (webhook,
 -- scheduled run, replay): a slow move of lesson 1 must never land after lesson 2's and
 -- pull the deal back. A transaction-scoped advisory lock per student serializes the
--- claims themselves; a live lease on a sibling event makes the claim wait its turn.
+-- claims themselves; a live lease on a sibling event, or a sibling's move whose answer
+-- never came (hold_until), makes the claim wait its turn.
 create or replace function amocrm.student_lock_key(p_user_id uuid) returns bigint
 language sql immutable set search_path = '' as $$
   select hashtextextended(p_user_id::text, 4242)
@@ -327,9 +365,14 @@ create or replace function amocrm.student_busy(p_user_id uuid, p_except bigint) 
 language sql stable set search_path = '' as $$
   select exists (select 1 from amocrm.sync_events o
                   where o.user_id = p_user_id and o.id <> p_except
-                    and o.status = 'processing' and o.lease_until > now())
+                    and ((o.status = 'processing' and o.lease_until > now()) or o.hold_until > now()))
 $$;
 
+-- The claimed event as JSON (amocrm.event_json) is defined with the mirror
+-- (20261208000400): it says whether the mirror knows the remembered deal to be closed.
+-- The batch claim (amocrm_claim_due) and batch outcomes (amocrm_finish_events) are the
+-- drainer's (20261208000300).
+--
 -- Claims one event for this invocation with a lease. Only events in p_statuses (or a
 -- processing event whose lease expired) can be claimed; anything else answers why not,
 -- so a duplicate delivery of a done, failed or in-flight event does no second amoCRM
@@ -369,49 +412,11 @@ begin
     'event', amocrm.event_json(e));
 end $$;
 
--- Claims up to p_limit due events for the scheduled run: pending or failed-retryable whose
--- next_attempt_at has come, and processing ones whose lease expired (a killed invocation).
--- SKIP LOCKED: overlapping runs never claim the same event. At most one event per student,
--- and none of a student whose other event is in flight (see amocrm_claim_event).
-create or replace function public.amocrm_claim_due(
-  p_holder text, p_limit integer default 20, p_lease_seconds integer default 60)
-returns jsonb
-language plpgsql security definer set search_path = '' as $$
-declare
-  r record;
-  e amocrm.sync_events;
-  v_users uuid[] := '{}'::uuid[];
-  v_out jsonb := '[]'::jsonb;
-begin
-  for r in
-    select s.id, s.user_id from amocrm.sync_events s
-     where (s.status = 'pending' and s.next_attempt_at <= now())
-        or (s.status = 'failed' and s.retryable and s.next_attempt_at <= now())
-        or (s.status = 'processing' and s.lease_until < now())
-     order by s.next_attempt_at, s.id
-     limit greatest(p_limit, 1) * 4
-     for update skip locked
-  loop
-    exit when jsonb_array_length(v_out) >= p_limit;
-    continue when r.user_id = any(v_users);
-    -- Another transaction is claiming for this student right now: leave it to them.
-    continue when not pg_try_advisory_xact_lock(amocrm.student_lock_key(r.user_id));
-    continue when amocrm.student_busy(r.user_id, r.id);
-    update amocrm.sync_events s
-       set status = 'processing', lease_holder = p_holder,
-           lease_until = now() + make_interval(secs => p_lease_seconds),
-           attempts = s.attempts + 1, updated_at = now()
-     where s.id = r.id
-    returning * into e;
-    v_users := v_users || r.user_id;
-    v_out := v_out || jsonb_build_array(amocrm.event_json(e));
-  end loop;
-  return v_out;
-end $$;
-
--- Records the outcome of a claimed event. Only the lease holder may record it (a lost
--- lease answers recorded=false). p_outcome:
---   done | skipped       final; the deal found is remembered for the student's next lessons
+-- Records the outcome of a claimed event. Only the holder of a live claim may record it:
+-- a lost or expired lease answers recorded=false (the event belongs to whoever claims it
+-- next, who reads the deal afresh). p_outcome:
+--   done | skipped       final; the deal found is remembered for the student's next lessons.
+--                        A skipped event whose move already happened (done_at) stays done.
 --   retry                retryable failure: failed with next_attempt_at, or dead after
 --                        p_max_attempts attempts (became_dead=true exactly once)
 --   failed               permanent failure (no contact, no deal, stage rejected)
@@ -433,13 +438,16 @@ begin
     raise exception 'amocrm_finish_event: unknown outcome %', p_outcome using errcode = '22023';
   end if;
   select * into e from amocrm.sync_events s where s.id = p_event_id for update;
-  if not found or e.status <> 'processing' or e.lease_holder is distinct from p_holder then
+  if not found or e.status <> 'processing' or e.lease_holder is distinct from p_holder
+     or e.lease_until is null or e.lease_until <= now() then
     return jsonb_build_object('recorded', false, 'status', e.status);
   end if;
 
   v_status := case p_outcome
     when 'retry' then case when e.attempts >= p_max_attempts then 'dead' else 'failed' end
     when 'deferred' then 'pending'
+    -- The deal is past the lesson's stage now, but this event's move happened.
+    when 'skipped' then case when e.done_at is not null then 'done' else 'skipped' end
     else p_outcome end;
 
   update amocrm.sync_events s set
@@ -450,11 +458,13 @@ begin
                            then now() + make_interval(secs => coalesce(p_retry_in_ms, 0) / 1000.0)
                            else s.next_attempt_at end,
     lease_holder = null, lease_until = null,
-    last_error_code = case when v_status in ('done') then null else coalesce(p_error_code, s.last_error_code) end,
-    last_error = case when v_status in ('done') then null else coalesce(p_error, s.last_error) end,
+    last_error_code = case when v_status = 'done' then null else coalesce(p_error_code, s.last_error_code) end,
+    last_error = case when v_status = 'done' then null else coalesce(p_error, s.last_error) end,
     lead_id = coalesce(p_lead_id, s.lead_id),
     contact_id = coalesce(p_contact_id, s.contact_id),
-    status_id = coalesce(p_status_id, s.status_id),
+    status_id = case when v_status = 'done' and e.done_at is not null and p_outcome = 'skipped'
+                     then s.status_id else coalesce(p_status_id, s.status_id) end,
+    done_at = case when v_status = 'done' then coalesce(s.done_at, now()) else s.done_at end,
     updated_at = now(),
     finished_at = case when v_status in ('done','skipped','dead') or (v_status = 'failed' and p_outcome = 'failed')
                        then now() else null end
@@ -471,6 +481,25 @@ begin
   return jsonb_build_object('recorded', true, 'status', v_status,
                             'became_dead', v_status = 'dead', 'attempts', e.attempts);
 end $$;
+
+-- ---------------------------------------------------------------------------
+-- What an invocation learns is kept the moment it is learned
+-- ---------------------------------------------------------------------------
+-- The deal found for a student by a search: stored before the move is even tried, so an
+-- event deferred for want of a rate slot, retried or failed never pays the search again.
+create or replace function public.amocrm_remember_lead(
+  p_user_id uuid, p_lead_id bigint, p_contact_id bigint default null, p_email text default null)
+returns jsonb
+language sql security definer set search_path = '' as $$
+  insert into amocrm.student_leads as l (user_id, email, lead_id, contact_id)
+  values (p_user_id, p_email, p_lead_id, p_contact_id)
+  on conflict (user_id) do update
+     set lead_id = excluded.lead_id,
+         contact_id = coalesce(excluded.contact_id, l.contact_id),
+         email = coalesce(excluded.email, l.email),
+         updated_at = now()
+  returning jsonb_build_object('remembered', true)
+$$;
 
 -- Forgets the remembered deal of a student (it was deleted or left the pipeline).
 create or replace function public.amocrm_forget_lead(p_user_id uuid, p_lead_id bigint)
@@ -643,43 +672,180 @@ end $$;
 -- RPC: shared rate limit and pipeline cache
 -- ---------------------------------------------------------------------------
 
+-- The rate factor in force at p_now: the last penalty recovering by 1/240 per second
+-- (0.5 → 1 in two minutes).
+create or replace function amocrm.effective_rate_factor(r amocrm.rate_limiter, p_now timestamptz)
+returns numeric
+language sql immutable set search_path = '' as $$
+  select least(1.0, r.rate_factor
+               + coalesce(extract(epoch from (p_now - r.penalized_at)), 1e9)::numeric / 240.0)
+$$;
+
+-- The slots of the last 2 s with `p_slot` added, oldest first. Entries at or after
+-- next_free_at that are not past cannot have been handed out (only a hand-set
+-- next_free_at, as tests do, leaves them): they are dropped.
+create or replace function amocrm.remember_slot(r amocrm.rate_limiter, p_now timestamptz, p_slot timestamptz)
+returns timestamptz[]
+language sql stable set search_path = '' as $$
+  select coalesce(array_agg(s order by s), '{}')
+    from (select s from unnest(r.recent_slots) s
+           where s > p_now - interval '2 seconds' and (s <= p_now or s < r.next_free_at)
+          union all select p_slot) x
+$$;
+
+-- The earliest time from p_from, before p_before, at which one more request keeps every
+-- window of p_window holding at most p_cap slots, counting p_slots and the queue's future
+-- slots (from p_queue_from, p_min_gap apart). Null: none before p_before.
+create or replace function amocrm.counted_priority_slot(
+  p_slots timestamptz[], p_from timestamptz, p_before timestamptz, p_queue_from timestamptz,
+  p_min_gap interval, p_window interval, p_cap integer)
+returns timestamptz
+language plpgsql stable set search_path = '' as $$
+declare
+  v_at      timestamptz;
+  v_others  timestamptz[];
+  v_busiest bigint;
+begin
+  -- Candidates: now, and each moment a handed-out slot leaves the windows ending there
+  -- (1 ms after, so callers that see whole milliseconds see it outside too).
+  for v_at in
+    select c from (select p_from as c
+                   union select s + p_window + interval '1 millisecond' from unnest(p_slots) s) x
+     where c >= p_from and c < p_before
+     order by c
+  loop
+    -- Everything that may share a window with v_at.
+    select coalesce(array_agg(o), '{}') into v_others
+      from (select s as o from unnest(p_slots) s where s between v_at - p_window and v_at + p_window
+            union all
+            select p_queue_from + p_min_gap * k
+              from generate_series(0, ceil(extract(epoch from (v_at + p_window - p_queue_from))
+                                           / extract(epoch from p_min_gap))::integer) k
+             where p_queue_from + p_min_gap * k <= v_at + p_window) y;
+    -- The fullest window containing v_at ends at v_at or at one of the slots after it.
+    select max((select count(*) from unnest(v_others) o where o between q - p_window and q))
+      into v_busiest
+      from (select v_at as q union all select o from unnest(v_others) o where o > v_at and o <= v_at + p_window) w;
+    if coalesce(v_busiest, 0) < p_cap then
+      return v_at;
+    end if;
+  end loop;
+  return null;
+end $$;
+
 -- Reserves the next amoCRM request slot for whoever calls, across all instances.
--- granted=true: start the request after wait_ms. granted=false: the queue is longer
--- than p_max_wait_ms; nothing was reserved, leave the work for later.
+-- granted=true: start the request after wait_ms. granted=false: the queue is longer than
+-- p_max_wait_ms, or (queued=true) the slot is beyond p_horizon_ms: nothing was reserved,
+-- come back later.
+--
+-- The token refresh goes ahead of the queue (p_priority): a starved refresh would stall
+-- every request behind it. Its slot is counted: the limiter reserves up to 1 s ahead at
+-- 6/s and a start may be up to 60 ms late (voided beyond that, lib/amocrm/rate-limit.ts),
+-- so a busy queue already fills a window of 1 s + 60 ms with 7 slots, amoCRM's limit. The
+-- refresh takes the earliest time T from now such that every window of 1 s + 60 ms
+-- containing T holds at most 6 other slots: those handed out (recent_slots), and the ones
+-- the queue will still be given (from next_free_at, pushed back by one slot, assumed back
+-- to back at the full rate). When nothing is reserved that is now; when a full second is
+-- reserved it is the first time free of them, at the latest next_free_at, which is still
+-- ahead of every request waiting without a slot (beyond the horizon). It respects the
+-- pause and the caller's patience, like any slot.
 create or replace function public.amocrm_take_rate_slot(
-  p_per_second numeric default 6, p_max_wait_ms integer default 2000)
+  p_per_second numeric default 6, p_max_wait_ms integer default 2000,
+  p_priority boolean default false, p_horizon_ms integer default null)
 returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
-  v_now  timestamptz;
-  v_next timestamptz;
-  v_slot timestamptz;
-  v_wait numeric;
+  r        amocrm.rate_limiter;
+  v_now    timestamptz;
+  v_rate   numeric;
+  v_gap    interval;
+  v_start  timestamptz;
+  v_slot   timestamptz;
+  v_wait   numeric;
 begin
   if p_per_second is null or p_per_second <= 0 then
     raise exception 'p_per_second must be positive' using errcode = '22023';
   end if;
-  select r.next_free_at into v_next
-    from amocrm.rate_limiter r where r.key = 'amocrm' for update;
+  select * into r from amocrm.rate_limiter t where t.key = 'amocrm' for update;
   if not found then
-    -- The row is created by this migration; if someone deleted it, recreate it rather
-    -- than hand out unlimited slots.
+    -- The row is created by the first migration; if someone deleted it, recreate it
+    -- rather than hand out unlimited slots.
     insert into amocrm.rate_limiter (key) values ('amocrm') on conflict (key) do nothing;
-    select r.next_free_at into v_next from amocrm.rate_limiter r where r.key = 'amocrm' for update;
+    select * into r from amocrm.rate_limiter t where t.key = 'amocrm' for update;
   end if;
-  -- Read the clock only once the row lock is ours: a caller that queued behind others
-  -- must measure its wait from when it gets its answer, not from when it started waiting
-  -- (a stale clock overstates the wait and lets requests start closer than 1/rate).
-  v_now  := clock_timestamp();
-  v_slot := greatest(v_next, v_now);
+  -- The clock is read once the row lock is ours: a caller that queued behind others
+  -- measures its wait from when it gets its answer.
+  v_now   := clock_timestamp();
+  v_rate  := p_per_second * amocrm.effective_rate_factor(r, v_now);
+  v_gap   := make_interval(secs => 1.0 / v_rate);
+  v_start := greatest(v_now, coalesce(r.paused_until, v_now));
+  v_slot  := greatest(v_start, r.next_free_at);
+
+  if p_priority and v_start < r.next_free_at then
+    -- Ahead of the queue, counted: 1 s + 60 ms (LATE_TOLERANCE_MS in rate-limit.ts) is the
+    -- window a late start can squeeze into amoCRM's second; in it at most AMOCRM_MAX_RPS + 1
+    -- slots (amoCRM's 7). The queue's own slots are assumed back to back at the full rate.
+    v_slot := coalesce(
+      amocrm.counted_priority_slot(
+        (select coalesce(array_agg(s), '{}') from unnest(r.recent_slots) s where s < r.next_free_at),
+        v_start, r.next_free_at, r.next_free_at + v_gap,
+        make_interval(secs => 1.0 / p_per_second), interval '1060 milliseconds',
+        least(7, floor(p_per_second)::integer + 1)),
+      v_slot);
+  end if;
   v_wait := extract(epoch from (v_slot - v_now)) * 1000;
+
   if v_wait > p_max_wait_ms then
-    return jsonb_build_object('granted', false, 'wait_ms', ceil(v_wait));
+    return jsonb_build_object('granted', false, 'queued', false, 'wait_ms', ceil(v_wait), 'rate', v_rate);
   end if;
-  update amocrm.rate_limiter r
-     set next_free_at = v_slot + make_interval(secs => 1.0 / p_per_second)
-   where r.key = 'amocrm';
-  return jsonb_build_object('granted', true, 'wait_ms', ceil(v_wait));
+  if not p_priority and p_horizon_ms is not null and v_wait > p_horizon_ms then
+    -- Come back when the slot is within the horizon; nothing is reserved meanwhile.
+    return jsonb_build_object('granted', false, 'queued', true, 'wait_ms', ceil(v_wait),
+                              'retry_in_ms', ceil(v_wait - p_horizon_ms / 2.0), 'rate', v_rate);
+  end if;
+
+  -- A slot ahead of next_free_at (the refresh) pushes the queue back by one slot; any
+  -- other slot is the queue's next one.
+  update amocrm.rate_limiter t
+     set next_free_at = greatest(t.next_free_at, v_slot) + v_gap,
+         recent_slots = amocrm.remember_slot(r, v_now, v_slot)
+   where t.key = 'amocrm';
+  -- now_ms/slot_ms let the caller map the slot onto its own clock (see rate-limit.ts).
+  return jsonb_build_object('granted', true, 'wait_ms', ceil(v_wait), 'rate', v_rate,
+                            'now_ms', floor(extract(epoch from v_now) * 1000),
+                            'slot_ms', floor(extract(epoch from v_slot) * 1000));
+end $$;
+
+-- amoCRM answered 429: every instance pauses (at least 1 s, or what amoCRM asked) and
+-- the shared rate halves, once per second however many instances report the same storm.
+create or replace function public.amocrm_report_rate_limited(p_retry_after_ms integer default null)
+returns jsonb
+language plpgsql security definer set search_path = '' as $$
+declare
+  r       amocrm.rate_limiter;
+  v_now   timestamptz := clock_timestamp();
+  v_pause timestamptz;
+  v_penalize boolean;
+begin
+  select * into r from amocrm.rate_limiter t where t.key = 'amocrm' for update;
+  if not found then
+    return jsonb_build_object('paused_until', null);
+  end if;
+  v_pause := greatest(coalesce(r.paused_until, v_now),
+                      v_now + make_interval(secs => greatest(coalesce(p_retry_after_ms, 0), 1000) / 1000.0));
+  v_penalize := r.penalized_at is null or r.penalized_at < v_now - interval '1 second';
+  update amocrm.rate_limiter t
+     set paused_until = v_pause,
+         next_free_at = greatest(t.next_free_at, v_pause),
+         rate_factor = case when v_penalize
+                            then greatest(0.25, amocrm.effective_rate_factor(r, v_now) / 2)
+                            else t.rate_factor end,
+         penalized_at = case when v_penalize then v_now else t.penalized_at end,
+         rate_limited_total = t.rate_limited_total + 1
+   where t.key = 'amocrm'
+  returning * into r;
+  return jsonb_build_object('paused_until', r.paused_until, 'rate_factor', r.rate_factor,
+                            'rate_limited_total', r.rate_limited_total);
 end $$;
 
 create or replace function public.amocrm_get_pipeline(p_pipeline_id bigint, p_max_age_seconds integer default 3600)
