@@ -1,6 +1,7 @@
 // The embedded default's pg_net: sends what the trigger queued in net.http_request_queue
 // after commit, each request once, concurrently, never retried — as pg_net does — and
 // records the answer in net._http_response.
+import { errorText } from '../lib/log.ts';
 
 /** Runs one SQL statement as the database owner (PGlite's query, or a pg pool's). */
 export type SqlRunner = (text: string, params?: unknown[]) => Promise<any[]>;
@@ -59,7 +60,7 @@ export function startPgNetWorker(
       const rows = room > 0 ? await take(room) : [];
       for (const row of rows) {
         const p = send(row)
-          .catch((err) => console.error(`[local] pg_net stand-in: answer to request ${row.id} not recorded: ${String((err as Error)?.message ?? err)}`))
+          .catch((err) => console.error(`[local] pg_net stand-in: answer to request ${row.id} not recorded: ${errorText(err)}`))
           .finally(() => inFlight.delete(p));
         inFlight.add(p);
       }

@@ -8,6 +8,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { DbError, type Db } from '../lib/db/port.ts';
+import { errorText } from '../lib/log.ts';
 
 export interface PostgrestStandin {
   url: string; // SUPABASE_URL for the functions
@@ -79,7 +80,7 @@ export async function startPostgrestStandin(db: Db): Promise<PostgrestStandin> {
         const status = statusForSqlState(code);
         calls.push({ fn, status });
         // DbError prefixes "database call <fn> failed: "; PostgREST forwards PostgreSQL's own message.
-        const message = String((err as Error)?.message ?? err).replace(/^database call \S+ failed: /, '');
+        const message = errorText(err).replace(/^database call \S+ failed: /, '');
         fail(status, { code: code ?? 'PGRST000', message, details: null, hint: null });
       }
     });

@@ -6,6 +6,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { readdirSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { errorText } from '../lib/log.ts';
 
 type Handler = (req: Request, context: unknown) => Promise<Response> | Response;
 interface FunctionModule { name: string; handler: Handler; paths: string[]; schedule?: string }
@@ -137,7 +138,7 @@ export async function startFunctionServer(
         // As Netlify runs background functions: the caller gets 202 at once, the work goes on.
         await write(res, new Response(null, { status: 202 }));
         void run(fn, request, startedAt, context).catch((err) =>
-          console.error(`[local] ${fn.name} failed: ${String((err as Error)?.message ?? err)}`));
+          console.error(`[local] ${fn.name} failed: ${errorText(err)}`));
         return;
       }
       await write(res, await run(fn, request, startedAt, context));

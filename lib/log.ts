@@ -25,6 +25,9 @@ export function redact(text: string): string {
   return SECRET_PATTERNS.reduce((out, pattern) => out.replace(pattern, '[скрыто]'), text);
 }
 
+/** What went wrong, as text: an Error's message, or the thrown value itself. */
+export const errorText = (err: unknown): string => String((err as Error)?.message ?? err);
+
 function formatValue(value: string | number | boolean | null): string {
   const text = redact(String(value));
   return /^[^\s"=]+$/.test(text) ? text : JSON.stringify(text);

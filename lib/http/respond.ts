@@ -2,7 +2,7 @@
 // entry point turns into a clear 4xx/5xx instead of a crash.
 import { ConfigError } from '../config.ts';
 import { DbError } from '../db/port.ts';
-import { redact } from '../log.ts';
+import { errorText, redact } from '../log.ts';
 import { PayloadError } from '../webhook/payload.ts';
 import { WebhookVerificationError } from '../webhook/verify.ts';
 
@@ -24,5 +24,5 @@ export function failureResponse(err: unknown): Response {
   if (err instanceof DbError) {
     return errorResponse(503, `database unavailable or not migrated (${err.fn}${err.code ? `, ${err.code}` : ''}): nothing was changed, send the request again later (lesson events stay in the outbox and the scheduled run retries them)`);
   }
-  return errorResponse(500, `unexpected error: ${redact(String((err as Error)?.message ?? err)).slice(0, 200)}`);
+  return errorResponse(500, `unexpected error: ${redact(errorText(err)).slice(0, 200)}`);
 }

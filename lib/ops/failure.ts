@@ -2,12 +2,12 @@
 // what to do when the error knows it. Never a stack trace, never a secret.
 import { AmoError } from '../amocrm/errors.ts';
 import { ConfigError } from '../config.ts';
-import { redact } from '../log.ts';
+import { errorText, redact } from '../log.ts';
 
 /** The error's message, with amoCRM's classification code when it has one. */
-export function errorText(err: unknown): string {
+export function failureText(err: unknown): string {
   if (err instanceof AmoError) return `${err.message} (${err.code})`;
-  return String((err as Error)?.message ?? err);
+  return errorText(err);
 }
 
 export function failureLines(err: unknown): string[] {
@@ -15,5 +15,5 @@ export function failureLines(err: unknown): string[] {
     return err.problems.map((p) => redact(`❌ ${p.variable}: ${p.message} → set it in the environment (Netlify → Environment variables, .env locally)`));
   }
   const whatToDo = err instanceof AmoError ? err.details.whatToDo : undefined;
-  return [redact(`❌ ${errorText(err)}${whatToDo ? ` → ${whatToDo}` : ''}`)];
+  return [redact(`❌ ${failureText(err)}${whatToDo ? ` → ${whatToDo}` : ''}`)];
 }

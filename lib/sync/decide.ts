@@ -3,6 +3,12 @@ import { LOST_STATUS_ID, WON_STATUS_ID, type Contact, type Lead, type PipelineSt
 
 export const normalizeEmail = (email: string) => email.trim().toLowerCase();
 
+/** amoCRM's search over-matches (substrings, names): the contacts holding exactly this e-mail. */
+export const exactContacts = (contacts: Contact[], email: string): Contact[] => {
+  const wanted = normalizeEmail(email);
+  return contacts.filter((c) => c.emails.some((e) => normalizeEmail(e) === wanted));
+};
+
 export interface DealChoice {
   lead?: Lead;
   contactId?: number;
@@ -16,7 +22,8 @@ export interface DealChoice {
   explanation: string;
 }
 
-const isClosed = (lead: Lead) => lead.status_id === WON_STATUS_ID || lead.status_id === LOST_STATUS_ID;
+/** Won or lost: a closed deal is never moved. */
+export const isClosed = (lead: Lead) => lead.status_id === WON_STATUS_ID || lead.status_id === LOST_STATUS_ID;
 
 /**
  * amoCRM's `query` matches substrings and names, so only contacts holding exactly this
@@ -26,28 +33,28 @@ const isClosed = (lead: Lead) => lead.status_id === WON_STATUS_ID || lead.status
  */
 export function chooseDeal(email: string, contacts: Contact[], leads: Lead[], pipelineId: number, searchComplete = true): DealChoice {
   const wanted = normalizeEmail(email);
-  const exactContacts = contacts.filter((c) => c.emails.some((e) => normalizeEmail(e) === wanted));
-  const ignoredContacts = contacts.filter((c) => !exactContacts.includes(c));
-  if (exactContacts.length === 0 && !searchComplete) {
+  const exact = exactContacts(contacts, wanted);
+  const ignoredContacts = contacts.filter((c) => !exact.includes(c));
+  if (exact.length === 0 && !searchComplete) {
     // Not "not found": the contact may be on a page the search did not read.
-    return { exactContacts, ignoredContacts, candidates: [], reason: 'search_truncated',
+    return { exactContacts: exact, ignoredContacts, candidates: [], reason: 'search_truncated',
       explanation: `поиск по ${wanted} вернул больше ${contacts.length} контактов, точного совпадения среди них нет; остальные страницы не читались` };
   }
-  if (exactContacts.length === 0) {
-    return { exactContacts, ignoredContacts, candidates: [], reason: 'contact_not_found',
+  if (exact.length === 0) {
+    return { exactContacts: exact, ignoredContacts, candidates: [], reason: 'contact_not_found',
       explanation: `нет контакта с e-mail ${wanted} (поиск вернул ${contacts.length}, точных совпадений нет)` };
   }
-  const ownLeadIds = new Set(exactContacts.flatMap((c) => c.leadIds));
+  const ownLeadIds = new Set(exact.flatMap((c) => c.leadIds));
   const candidates = leads
     .filter((l) => ownLeadIds.has(l.id) && l.pipeline_id === pipelineId && !l.is_deleted)
     .sort((a, b) => Number(isClosed(a)) - Number(isClosed(b)) || b.updated_at - a.updated_at || b.id - a.id);
   const lead = candidates[0];
   if (!lead) {
-    return { exactContacts, ignoredContacts, candidates, reason: 'no_deal_in_pipeline',
-      explanation: `у контакта ${exactContacts.map((c) => c.id).join(', ')} нет сделок в воронке ${pipelineId}` };
+    return { exactContacts: exact, ignoredContacts, candidates, reason: 'no_deal_in_pipeline',
+      explanation: `у контакта ${exact.map((c) => c.id).join(', ')} нет сделок в воронке ${pipelineId}` };
   }
-  const contactId = exactContacts.find((c) => c.leadIds.includes(lead.id))?.id;
-  return { lead, contactId, exactContacts, ignoredContacts, candidates, reason: 'chosen',
+  const contactId = exact.find((c) => c.leadIds.includes(lead.id))?.id;
+  return { lead, contactId, exactContacts: exact, ignoredContacts, candidates, reason: 'chosen',
     explanation: `выбрана сделка ${lead.id}: ${isClosed(lead) ? 'закрытая (открытых нет)' : 'открытая'}, обновлена последней из ${candidates.length}` };
 }
 

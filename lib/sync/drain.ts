@@ -11,6 +11,7 @@ import { buildRuntime, type Runtime } from '../runtime.ts';
 import type { OutcomeStatus } from './deps.ts';
 import { runLookahead } from './lookahead.ts';
 import { processEvents } from './steps.ts';
+import { errorText } from '../log.ts';
 
 /** How often a lingering drainer looks again. */
 const IDLE_POLL_MS = 1_000;
@@ -133,7 +134,7 @@ export async function wakeDrainer(rt: Runtime): Promise<boolean> {
 }
 
 const notRung = (rt: Runtime, err: unknown): false => {
-  rt.log.warn('Обработчик очереди не запущен', { error: String((err as Error)?.message ?? err).slice(0, 120) });
+  rt.log.warn('Обработчик очереди не запущен', { error: errorText(err).slice(0, 120) });
   return false;
 };
 

@@ -2,8 +2,8 @@
 // `find-deal` CLI: search contacts by e-mail → keep exact matches → read their deals →
 // choose (decide.ts). The batch runs the same steps with the deal read shared.
 import { AmoError, permanent } from '../amocrm/errors.ts';
-import { LOST_STATUS_ID, WON_STATUS_ID, type AmoResources, type Contact, type Lead } from '../amocrm/resources.ts';
-import { chooseDeal, normalizeEmail, type DealChoice } from './decide.ts';
+import type { AmoResources, Contact, Lead } from '../amocrm/resources.ts';
+import { chooseDeal, exactContacts, isClosed, normalizeEmail, type DealChoice } from './decide.ts';
 
 export interface StudentSearch {
   email: string;
@@ -18,9 +18,7 @@ export interface StudentSearch {
 export async function searchStudent(amo: AmoResources, email: string, signal?: AbortSignal): Promise<StudentSearch> {
   const wanted = normalizeEmail(email);
   const { contacts, complete } = await amo.searchContacts(wanted, signal);
-  const exactLeadIds = contacts
-    .filter((c) => c.emails.some((e) => normalizeEmail(e) === wanted))
-    .flatMap((c) => c.leadIds);
+  const exactLeadIds = exactContacts(contacts, wanted).flatMap((c) => c.leadIds);
   return { email: wanted, contacts, complete, exactLeadIds: [...new Set(exactLeadIds)] };
 }
 
@@ -46,8 +44,6 @@ export async function findDeal(amo: AmoResources, email: string, pipelineId: num
   const leads = await amo.getLeads(search.exactLeadIds);
   return { search, leads, choice: chooseFromSearch(search, leads, pipelineId) };
 }
-
-const isClosed = (lead: Lead) => lead.status_id === WON_STATUS_ID || lead.status_id === LOST_STATUS_ID;
 
 /**
  * A remembered deal is used only while it is an open deal in the pipeline: a deleted,

@@ -7,6 +7,7 @@ import { AmoError } from '../amocrm/errors.ts';
 import { claimLookahead, finishLookahead, type LookaheadJob } from '../db/drain.ts';
 import type { Runtime } from '../runtime.ts';
 import { chooseFromSearch, searchStudent, type StudentSearch } from './find-deal.ts';
+import { errorText } from '../log.ts';
 
 export interface LookaheadReport {
   claimed: number;
@@ -23,7 +24,7 @@ export async function runLookahead(rt: Runtime, limit = 20): Promise<LookaheadRe
   const jobs = await claimLookahead(db, inv.holder, limit);
   const report: LookaheadReport = { claimed: jobs.length, found: 0, noDeal: 0, later: 0, failed: 0 };
   const settle = async (job: LookaheadJob, err: unknown) => {
-    const e = err instanceof AmoError ? err : new AmoError('retryable', 'internal', String((err as Error)?.message ?? err));
+    const e = err instanceof AmoError ? err : new AmoError('retryable', 'internal', errorText(err));
     if (e.kind === 'permanent') {
       report.failed++;
       await finishLookahead(db, job.user_id, inv.holder, 'failed', { code: e.code });

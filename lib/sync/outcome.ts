@@ -7,6 +7,7 @@ import type { Lead } from '../amocrm/resources.ts';
 import { finishEvents, type ClaimedEvent, type FinishItem, type FinishResult } from '../db/outbox.ts';
 import { backoffMs, type MoveDecision } from './decide.ts';
 import type { EventOutcome, SyncDeps } from './deps.ts';
+import { errorText } from '../log.ts';
 
 const contextOf = (event: ClaimedEvent) => ({ event: event.id, lesson: event.lesson_id, email: event.email ?? '-' });
 
@@ -66,7 +67,7 @@ export function decisionOutcome(deps: SyncDeps, event: ClaimedEvent, found: Foun
 export function failureOutcome(deps: SyncDeps, event: ClaimedEvent, err: unknown, found?: Found, holdMs?: number): PlannedOutcome {
   const { log, settings } = deps;
   const ctx = contextOf(event);
-  const error = err instanceof AmoError ? err : new AmoError('retryable', 'internal', String((err as Error)?.message ?? err));
+  const error = err instanceof AmoError ? err : new AmoError('retryable', 'internal', errorText(err));
   const leadId = found?.lead.id;
   const base = { eventId: event.id, moved: false, leadId, code: error.code, message: error.message };
   const fields = { eventId: event.id, leadId, contactId: found?.contactId, code: error.code, error: error.message, holdMs };

@@ -14,6 +14,7 @@ import { buildRuntime, installRuntime } from '../../lib/runtime.ts';
 import { startPgNetWorker } from '../../dev/pgnet-worker.ts';
 import { startFunctionServer, type FunctionRun } from '../../dev/server.ts';
 import type { Stack } from '../../dev/stack/index.ts';
+import { errorText } from '../../lib/log.ts';
 
 /** pg_net takes pg_net.batch_size requests at a time: 200 on Supabase. */
 export const PG_NET_IN_FLIGHT = 200;
@@ -94,7 +95,7 @@ export async function serveProductionTopology(s: Stack, { pollMs = 5, dbRoundTri
       const p = fetch(`${server.url}/.netlify/functions/amocrm-sweep`, {
         method: 'POST', headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ next_run: new Date(Date.now() + SCHEDULE_PERIOD_MS).toISOString() }),
-      }).then((r) => r.arrayBuffer()).catch((err) => console.error(`  … scheduled run not invoked: ${String((err as Error)?.message ?? err)}`))
+      }).then((r) => r.arrayBuffer()).catch((err) => console.error(`  … scheduled run not invoked: ${errorText(err)}`))
         .finally(() => sweeps.delete(p));
       sweeps.add(p);
       schedule();
