@@ -340,9 +340,18 @@ begin
     values (v_lead, v_pipeline, v_status, v_old_pipe, v_old_stat, v_at, v_by, p_source);
   end if;
 
-  -- Older than what the mirror holds: history only, the mirror keeps the newer state.
+  -- Older than what the mirror holds: the mirror keeps the newer state, but a change the
+  -- delivery itself says happened (a status hook, or one that names the stage before) is
+  -- still a real change, and reaches the platform once like any other. One that is a change
+  -- only by comparison with the newer mirror is not evidence of one: history only.
   if v_known and m.modified_at is not null and m.modified_at > v_at then
-    return jsonb_build_object('applied', false, 'reason', 'older', 'lead_id', v_lead, 'history', v_new);
+    if v_new and (v_action = 'status' or p_change ? 'old_status_id' or p_change ? 'old_pipeline_id') then
+      v_kind := case v_status when 142 then 'won' when 143 then 'lost' else 'stage_changed' end;
+      insert into amocrm.deal_changes (lead_id, user_id, kind, pipeline_id, status_id, old_pipeline_id, old_status_id, changed_at, changed_by, source)
+      values (v_lead, v_user, v_kind, v_pipeline, v_status, v_old_pipe, v_old_stat, v_at, v_by, p_source);
+    end if;
+    return jsonb_build_object('applied', false, 'reason', 'older', 'lead_id', v_lead, 'history', v_new,
+                              'kind', v_kind, 'user_id', v_user, 'pipeline_id', v_pipeline, 'status_id', v_status, 'changed', v_kind is not null);
   end if;
 
   insert into amocrm.deals as d (lead_id, pipeline_id, status_id, closed, deleted, name, modified_at, modified_by, source)
