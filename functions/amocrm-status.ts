@@ -1,4 +1,4 @@
-// Netlify transport for the status page; the logic lives in lib/.
+// Netlify transport for the status endpoint (JSON for monitors); the logic lives in lib/.
 import type { Config } from '@netlify/functions';
 import { handleStatus } from '../lib/http/status.ts';
 import { runtimeFromEnv } from '../lib/runtime.ts';

@@ -1,6 +1,7 @@
 // Configuration from the environment, validated once with zod. Every variable is
 // documented in .env.example. Secrets are read here and passed on, never logged.
 import { z } from 'zod';
+import { jwtClaims } from './jwt.ts';
 
 const AMOCRM_DOMAINS = ['amocrm.ru', 'amocrm.com', 'kommo.com'] as const;
 /** Stage ids that appear in the academy's docs as examples, never real ones. */
@@ -225,17 +226,6 @@ function buildConfig(env: Env, derived: Derived): Config {
     hooks: { secret: env.AMOCRM_HOOK_SECRET, subdomain: env.AMOCRM_SUBDOMAIN?.toLowerCase(), accountId: env.AMOCRM_ACCOUNT_ID },
     supabase: derived.supabaseUrl && serviceRoleKey ? { url: derived.supabaseUrl, serviceRoleKey } : undefined,
   };
-}
-
-/** The claims of a JWT-shaped key, unverified (only to tell an anon key from a service key). */
-function jwtClaims(token: string): Record<string, unknown> | undefined {
-  const payload = token.split('.')[1];
-  if (!payload) return undefined;
-  try {
-    return JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'));
-  } catch {
-    return undefined;
-  }
 }
 
 /** How the deployed functions reach the database: the Data API URL and the service-role key. */

@@ -4,7 +4,7 @@ import type { CommandContext, CommandResult } from '../lib/ops/command.ts';
 import { findDealCommand } from '../lib/ops/find-deal.ts';
 import { pipelinesCommand } from '../lib/ops/pipelines.ts';
 import { exchangeCodeCommand, refreshCommand, storeLongLivedCommand } from '../lib/ops/tokens.ts';
-import { ACTIONS as WEBHOOK_ACTIONS, webhooksCommand } from '../lib/ops/webhooks.ts';
+import { ACTIONS as WEBHOOK_ACTIONS, webhooksCommand } from '../lib/ops/hook-subscriptions.ts';
 import { redact } from '../lib/log.ts';
 import { parseCommandLine, runMain, UsageError } from './cli.ts';
 import { openTarget, requireDatabase, TARGET_OPTIONS, TARGET_USAGE } from './target.ts';

@@ -15,7 +15,7 @@ import type { CommandContext, CommandResult } from '../lib/ops/command.ts';
 import { findDealCommand } from '../lib/ops/find-deal.ts';
 import { pipelinesCommand } from '../lib/ops/pipelines.ts';
 import { exchangeCodeCommand, refreshCommand, storeLongLivedCommand } from '../lib/ops/tokens.ts';
-import { maskDestination, webhooksCommand } from '../lib/ops/webhooks.ts';
+import { maskDestination, webhooksCommand } from '../lib/ops/hook-subscriptions.ts';
 import { memoryLogger } from '../lib/log.ts';
 import { CRASH_TRACE, emptyDirectory, lastLine, root, runScript, type CliRun } from './helpers/cli.ts';
 import { createStack, STAGE, type Stack } from './helpers/stack.ts';

@@ -12,7 +12,7 @@ import { parseEnv } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPostgresDatabase } from '../dev/database.ts';
 import { LOCAL, startEmbedded, type Embedded } from '../dev/embedded.ts';
-import { webhooksCommand } from '../lib/ops/webhooks.ts';
+import { webhooksCommand } from '../lib/ops/hook-subscriptions.ts';
 import { exitCodeOf, formatCheck, runDoctor, type CheckResult, type DoctorFacts } from '../lib/ops/doctor/index.ts';
 import { memoryLogger } from '../lib/log.ts';
 import { CRASH_TRACE, emptyDirectory, lastLine, root, runScript } from './helpers/cli.ts';

@@ -29,7 +29,8 @@ export interface RateLimiter {
 /**
  * How much later than its slot a request may start. Below half a slot gap at 6/s. The
  * database counts the refresh's slot over windows of 1 s + this (the 1060 ms in
- * supabase/migrations/20261207000500_amocrm_refresh_slot.sql): change both together.
+ * amocrm_take_rate_slot in supabase/migrations/20261208000100_amocrm_sync.sql): change both
+ * together.
  */
 export const LATE_TOLERANCE_MS = 60;
 /**

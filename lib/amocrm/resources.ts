@@ -1,4 +1,5 @@
 // amoCRM resources the sync uses, described over the request sender.
+import { chunks } from '../chunks.ts';
 import { permanent, retryable } from './errors.ts';
 import type { AmoHttp } from './http.ts';
 
@@ -65,9 +66,6 @@ export interface ContactSearch {
   complete: boolean;
 }
 
-const chunk = <T>(items: T[], size: number): T[][] =>
-  Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size));
-
 function toContact(raw: any): Contact {
   const fields: any[] = Array.isArray(raw?.custom_fields_values) ? raw.custom_fields_values : [];
   const emails = fields
@@ -119,7 +117,7 @@ function reads(http: AmoHttp) {
     /** The deals with these ids (any number: read 250 per request, following pages). */
     async getLeads(ids: number[]): Promise<Lead[]> {
       const leads: Lead[] = [];
-      for (const part of chunk([...new Set(ids)], PAGE_LIMIT)) {
+      for (const part of chunks([...new Set(ids)], PAGE_LIMIT)) {
         for (let page = 1; ; page++) {
           const res = await http.request({
             method: 'GET', path: '/api/v4/leads',

@@ -7,6 +7,7 @@ import type { Db } from '../db/port.ts';
 import * as store from '../db/tokens.ts';
 import type { StoredTokens } from '../db/tokens.ts';
 import type { Logger } from '../log.ts';
+import { jwtExpiry } from '../jwt.ts';
 import { AmoError, needsOperator, retryable } from './errors.ts';
 import type { AccessToken, TokenSource } from './http.ts';
 import type { OAuthClient, TokenPair } from './oauth.ts';
@@ -33,18 +34,6 @@ export interface TokenManagerOptions {
 }
 
 const REAUTH_HINT = 'авторизуйте интеграцию заново: npm run amocrm -- exchange-code <код из amoCRM>';
-
-/** The `exp` claim of a JWT-shaped token, without verifying it (we only need the date). */
-export function jwtExpiry(token: string): Date | undefined {
-  const payload = token.split('.')[1];
-  if (!payload) return undefined;
-  try {
-    const exp = Number(JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')).exp);
-    return Number.isFinite(exp) && exp > 0 ? new Date(exp * 1000) : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 export class TokenManager implements TokenSource {
   /**

@@ -1,5 +1,5 @@
-// The operator endpoints (replay, status) take AMOCRM_REPLAY_TOKEN as a Bearer token, or
-// as the password of HTTP Basic auth so a browser can open the status page.
+// The operator endpoints (replay, status, the console) take AMOCRM_REPLAY_TOKEN as a Bearer
+// token, or as the password of HTTP Basic auth so a browser can open them.
 import { bearerMatches, safeEqual } from '../webhook/verify.ts';
 import { errorResponse } from './respond.ts';
 

@@ -3,7 +3,7 @@
 // print expiries, versions and counts, never a token value.
 import { AmoError } from '../amocrm/errors.ts';
 import type { AmoResources } from '../amocrm/resources.ts';
-import { jwtExpiry } from '../amocrm/tokens.ts';
+import { jwtExpiry } from '../jwt.ts';
 import { storeTokens } from '../db/tokens.ts';
 import type { Runtime } from '../runtime.ts';
 import { failed, finish, type CommandContext, type CommandResult } from './command.ts';

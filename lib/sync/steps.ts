@@ -9,7 +9,7 @@ import { AmoError } from '../amocrm/errors.ts';
 import { MAX_BATCH_MOVES, type Lead, type PipelineStatus } from '../amocrm/resources.ts';
 import { chunks } from '../chunks.ts';
 import { forgetLead, rememberLeads, type ClaimedEvent } from '../db/outbox.ts';
-import { getCachedPipeline, putCachedPipeline } from '../db/settings.ts';
+import { getCachedPipeline, putCachedPipeline } from '../db/pipeline-cache.ts';
 import { errorText } from '../log.ts';
 import { Batch } from './batch.ts';
 import { decideMove, type MoveDecision } from './decide.ts';

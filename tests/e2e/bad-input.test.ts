@@ -9,7 +9,7 @@
 // - Operator auth: the Bearer scheme is case-insensitive and the whitespace between scheme
 //   and token is free ("bearer  <token>", "BEARER\t<token>" work); the token itself is exact
 //   (case-sensitive, no extra characters). Replay takes Bearer only; Basic (password = token)
-//   is for the browser status page only (Accept: text/html).
+//   is for a browser only (Accept: text/html: status points it at the console).
 // - The webhook secret (x-webhook-secret) is compared exactly; the webhook never accepts the
 //   operator token or an Authorization header.
 // - A correctly authenticated webhook for a real student and a non-Tripwire lesson is a 200
@@ -19,6 +19,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
 import { handleReplay } from '../../lib/http/replay.ts';
+import { handleConsole } from '../../lib/http/console/routes.ts';
 import { handleStatus } from '../../lib/http/status.ts';
 import { sign } from '../../lib/webhook/verify.ts';
 import { createStack, dbWebhookBody, REPLAY_TOKEN, STAGE, WEBHOOK_SECRET, type Stack } from '../helpers/stack.ts';
@@ -525,14 +526,17 @@ describe('after the malformed batch, valid requests still work', () => {
     expect(Number(t!.n)).toBeGreaterThan(before.events);
   });
 
-  it('an e-mail with HTML shows escaped on the status page', async () => {
+  it('an e-mail with HTML shows escaped in the console the status endpoint points a browser at', async () => {
     const [user] = await s.t.sql('insert into auth.users (email) values ($1) returning id', [`${HTML}@student.kz`]);
     const res = await webhook(s.webhookRequest(dbWebhookBody(user!.id, 67)));
     expect(res.status).toBe(422);
     expect(await res.json()).toMatchObject({ outcome: 'failed', code: 'contact_not_found' });
-    const page = await (await handleStatus(statusAs({ accept: 'text/html', authorization: basic('ops', REPLAY_TOKEN) })(), async () => s.rt)).text();
+    const browser = { accept: 'text/html', authorization: basic('ops', REPLAY_TOKEN) };
+    const pointer = await (await handleStatus(statusAs(browser)(), async () => s.rt)).text();
+    expect(pointer).not.toContain(HTML);
+    const page = await (await handleConsole(new Request('http://localhost/api/amocrm/console/events?status=failed', { headers: browser }), async () => s.rt)).text();
     expect(page).not.toContain(HTML);
-    expect(page).toContain('&#60;script&#62;alert(1)&#60;/script&#62;@student.kz');
+    expect(page).toContain('&lt;script&gt;alert(1)&lt;/script&gt;@student.kz');
   });
 
   it('a well-formed webhook for a UUID that is no student is refused with 422 and writes nothing', async () => {

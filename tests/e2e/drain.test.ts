@@ -11,7 +11,7 @@ import { BURST_BACKLOG } from '../../lib/sync/receive-lesson.ts';
 import { runDrain } from '../../lib/sync/drain.ts';
 import { runLookahead } from '../../lib/sync/lookahead.ts';
 import { SEARCHES_IN_FLIGHT, processEvents } from '../../lib/sync/steps.ts';
-import { claimDue } from '../../lib/db/outbox.ts';
+import { claimDue, rememberLeads } from '../../lib/db/outbox.ts';
 import { faultyDb } from '../helpers/faulty-db.ts';
 import { createStack, dbWebhookBody, STAGE, type Stack } from '../helpers/stack.ts';
 
@@ -235,7 +235,7 @@ describe('fairness', () => {
   it('a batch searches at most its share of unknown students; known students\' events ride along, the rest stay oldest-first', async () => {
     const unknown = await Promise.all(Array.from({ length: 5 }, () => s.addStudent(email('unknown'))));
     const known = await Promise.all(Array.from({ length: 2 }, () => s.addStudent(email('known'))));
-    for (const st of known) await s.t.db.rpc('amocrm_remember_lead', { p_user_id: st.userId, p_lead_id: st.leadId });
+    await rememberLeads(s.t.db, known.map((st) => ({ userId: st.userId, leadId: st.leadId })));
     // The unknown students' events are the oldest; the known students' the newest.
     for (const [i, st] of [...unknown, ...known].entries()) {
       await s.complete(st.userId, 67);

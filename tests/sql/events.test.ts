@@ -1,6 +1,7 @@
 // The outbox RPCs: record (idempotent), claim (lease), finish (only the lease holder;
 // retry / dead / deferred / done), claim_due (what the scheduled run may take).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rememberLeads } from '../../lib/db/outbox.ts';
 import { createTestDatabase, type Row, type TestDatabase } from '../helpers/db.ts';
 import { createUser, insertEvent, uniqueEmail } from './support.ts';
 
@@ -140,7 +141,7 @@ describe('outbox events', () => {
   describe('amocrm_remember_leads', () => {
     it('keeps one deal per student and updates a known one', async () => {
       const [u1, u2] = [await createUser(t, uniqueEmail()), await createUser(t, uniqueEmail())];
-      await rpc('amocrm_remember_lead', { p_user_id: u2, p_lead_id: 1, p_contact_id: 9 });
+      await rememberLeads(t.db, [{ userId: u2, leadId: 1, contactId: 9 }]);
       expect(await rpc('amocrm_remember_leads', { p_leads: [{ user_id: u1, lead_id: 10, contact_id: 20, email: 'a@b.kz' }, { user_id: u2, lead_id: 11 }] }))
         .toEqual({ remembered: 2 });
       const rows = await t.sql('select user_id, lead_id::int, contact_id::int from amocrm.student_leads where user_id = any($1::uuid[]) order by lead_id', [[u1, u2]]);

@@ -3,7 +3,7 @@
 // values left in place, documentation placeholder stage ids, Supabase as the deployed
 // functions reach it, and how the integration authenticates. Values come from the one
 // reading of the environment (lib/config.ts), never from the variables themselves.
-import { jwtExpiry } from '../../amocrm/tokens.ts';
+import { jwtExpiry } from '../../jwt.ts';
 import { fixFor, OAUTH_VARS, PLACEHOLDER_STAGE_IDS, readConfig, STAGE_VARS, type ConfigProblem, type ConfigReading } from '../../config.ts';
 import { DAY_MS, inWords, iso } from '../time-words.ts';
 import { exampleHostOf, URL_VARS } from '../variables.ts';

@@ -1,7 +1,7 @@
 // The database's side of the doctor: what amocrm_doctor_facts reports (never a secret
 // value), fetched once per run; a database that cannot answer is one ❌ line saying why.
 import type { Db } from '../../db/port.ts';
-import { doctorFacts } from '../../db/settings.ts';
+import { doctorFacts } from '../../db/doctor-facts.ts';
 import { failureText } from '../failure.ts';
 import { MIGRATE, type Add } from './report.ts';
 

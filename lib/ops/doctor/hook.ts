@@ -1,10 +1,11 @@
 // amoCRM's account hook, the reverse direction: amoCRM must have a hook at exactly this
 // deployment's crm-events URL, enabled, carrying status_lead. AMOCRM_HOOK_SECRET is part of
-// that URL: every line shows it masked (lib/ops/webhooks.ts).
+// that URL: every line shows it masked (lib/ops/hook-subscriptions.ts).
 import { AmoError } from '../../amocrm/errors.ts';
 import type { Runtime } from '../../runtime.ts';
 import { failureText } from '../failure.ts';
-import { assessHooks, deploymentSite, HOOK_PATH, HOOK_SETTINGS, MASK, maskDestination, REENABLE, shownDestination, staleLine, TURN_ON } from '../webhooks.ts';
+import { assessHooks, HOOK_PATH, HOOK_SETTINGS, MASK, maskDestination, REENABLE, shownDestination, staleLine, TURN_ON } from '../hook-subscriptions.ts';
+import { deploymentSite } from '../site.ts';
 import type { DoctorFacts } from './facts.ts';
 import type { Add, CheckStatus } from './report.ts';
 

@@ -2,6 +2,7 @@
 // to AMOCRM_WEBHOOK_SECRET, compared through the sha256 the database reports, never read back).
 import { createHash } from 'node:crypto';
 import { NETLIFY_ENV } from '../../config.ts';
+import { isLocalHost } from '../site.ts';
 import type { DoctorFacts } from './facts.ts';
 import type { Add } from './report.ts';
 
@@ -23,7 +24,7 @@ function checkUrl(w: DoctorFacts['webhook'], deployed: boolean, add: Add): void 
   } else if (!w.url_host || !w.url_scheme || !['http', 'https'].includes(w.url_scheme)) {
     add('fail', 'webhook URL', 'webhook_url is not an http(s) URL', SET_URL);
   } else {
-    const local = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$/i.test(w.url_host);
+    const local = isLocalHost(w.url_host);
     const shown = `${w.url_scheme}://${w.url_host}${w.url_path ?? ''}`;
     if (local && deployed) add('warn', 'webhook URL', `${shown}: points at a local machine, the database cannot reach it; use the site URL https://<site>.netlify.app/api/amocrm/lesson-completed`);
     else if (w.url_scheme !== 'https' && !local) add('warn', 'webhook URL', `${shown}: not https, the events travel unencrypted`);

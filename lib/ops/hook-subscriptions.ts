@@ -4,13 +4,14 @@
 // site; amocrm_doctor_facts reports only its scheme and host). The secret is the hook's only
 // authentication, so it is never printed: destinations are shown with anything
 // secret-looking masked, ours and everyone else's (another integration's hook may carry
-// its own secret). The doctor's hook check (lib/doctor.ts) reads the same assessment.
+// its own secret). The doctor's hook check (lib/ops/doctor/hook.ts) reads the same assessment.
+// Where the site is, and whether an address is this machine: site.ts.
 import { AmoError } from '../amocrm/errors.ts';
-import type { AmoWebhook } from '../amocrm/resources.ts';
-import { doctorFacts } from '../db/settings.ts';
-import { finish, type CommandContext, type CommandResult, type EnvSource } from './command.ts';
+import type { AmoResources, AmoWebhook } from '../amocrm/resources.ts';
+import { finish, type CommandContext, type CommandResult } from './command.ts';
 import { failureLines } from './failure.ts';
 import { commandRuntime } from './lenient-runtime.ts';
+import { isLocalHost, isLocalUrl, siteOf, type Site } from './site.ts';
 
 export const HOOK_PATH = '/api/amocrm/crm-events/';
 /** amoCRM's subscription names: the stage change, and what the mirror also follows. */
@@ -22,35 +23,6 @@ const SUBSCRIBE = 'npm run amocrm -- webhooks subscribe';
 const HOOKS_PAGE = 'amoCRM → Settings → Integrations → Web hooks';
 export const TURN_ON = `set AMOCRM_HOOK_SECRET (openssl rand -hex 24) in Netlify → Site configuration → Environment variables and .env, deploy, then ${SUBSCRIBE}`;
 export const REENABLE = `find out why it was answered with errors (npm run doctor, the crm-events function's log), then re-enable it in ${HOOKS_PAGE} (or: npm run amocrm -- webhooks unsubscribe, then ${SUBSCRIBE})`;
-
-/** Where this deployment is served, or why that is not known. */
-export type Site = { site: string; from: 'URL' | 'webhook_url' } | { site?: undefined; from?: undefined; problem: string; fix: string };
-
-const LOCAL_HOST = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])$/i;
-
-/**
- * Netlify's `URL` when set, else the origin of webhook_url (its scheme and host, as
- * amocrm_doctor_facts reports them).
- */
-export function deploymentSite(env: EnvSource, webhook?: { url_scheme: string | null; url_host: string | null } | null): Site {
-  const fromEnv = env.URL?.trim();
-  if (fromEnv) {
-    try {
-      const u = new URL(fromEnv);
-      if (u.protocol === 'https:' || u.protocol === 'http:') return { site: u.origin, from: 'URL' };
-    } catch { /* reported below */ }
-    return { problem: `URL is not an http(s) address (${fromEnv.length} chars)`, fix: 'set URL to the site address, e.g. https://<site>.netlify.app (Netlify sets it for the functions)' };
-  }
-  if (webhook?.url_host && (webhook.url_scheme === 'https' || webhook.url_scheme === 'http')) {
-    try {
-      return { site: new URL(`${webhook.url_scheme}://${webhook.url_host}`).origin, from: 'webhook_url' };
-    } catch { /* reported below */ }
-  }
-  return {
-    problem: 'the site address is unknown: URL is not set and the database has no http(s) webhook_url',
-    fix: 'set URL=https://<site>.netlify.app in .env (Netlify sets it for the functions), or set webhook_url as npm run doctor says',
-  };
-}
 
 export const hookDestination = (site: string, secret: string) => `${site}${HOOK_PATH}${secret}`;
 /** Our destination as it may be shown. */
@@ -114,19 +86,17 @@ const forbiddenLine = (site: string | undefined, what: string) =>
   `❌ amoCRM answered 403 to /api/v4/webhooks: managing webhooks needs an account administrator's token (or the account is blocked) → authorize the integration as an administrator (npm run amocrm -- exchange-code <code>), or ${what} in ${HOOKS_PAGE}` +
   (what.startsWith('add') ? `: ${site ?? '<site>'}${HOOK_PATH} followed by the value of AMOCRM_HOOK_SECRET, events ${HOOK_SETTINGS.join(', ')}` : '');
 
-/** The site, read from the environment or the database; facts are only read when URL is absent. */
-async function siteOf(ctx: CommandContext): Promise<Site> {
-  if (ctx.env.URL?.trim()) return deploymentSite(ctx.env);
-  try {
-    const facts = await doctorFacts<{ webhook?: { url_scheme: string | null; url_host: string | null } }>(ctx.db);
-    return deploymentSite(ctx.env, facts.webhook);
-  } catch {
-    return deploymentSite(ctx.env);
-  }
-}
-
 const describeHook = (h: AmoWebhook, secrets: string[], mark: string) =>
   `  ${String(h.id ?? '-').padEnd(6)} ${maskDestination(h.destination, secrets)}  [${h.settings.join(', ') || 'no events'}]  ${h.disabled ? 'DISABLED' : 'enabled'}${mark}`;
+
+/** What a command has once the secret, the site and amoCRM are known. */
+interface HookRun {
+  amo: AmoResources;
+  baseUrl: string;
+  secret?: string;
+  site: Site;
+  done: (code: number, lines: string[]) => CommandResult;
+}
 
 export async function webhooksCommand(ctx: CommandContext, action: string): Promise<CommandResult> {
   let secret: string | undefined;
@@ -144,69 +114,65 @@ export async function webhooksCommand(ctx: CommandContext, action: string): Prom
     }
     site = await siteOf(ctx);
     if ('problem' in site && action !== 'list') return done(1, [`❌ ${site.problem} → ${site.fix}`]);
-    const amo = runtime.invocation(15_000).amo;
-    const secrets = secret ? [secret] : [];
-    const baseIsLocal = (() => {
-      try {
-        return LOCAL_HOST.test(new URL(runtime.config.amocrm.baseUrl).hostname);
-      } catch {
-        return false;
-      }
-    })();
-
-    if (action === 'list') {
-      const hooks = await amo.listWebhooks();
-      const a = site.site && secret ? assessHooks(hooks, site.site, secret) : undefined;
-      const lines = [`Webhooks of ${runtime.config.amocrm.baseUrl}: ${hooks.length}`];
-      for (const h of hooks) {
-        const mark = h === a?.ours ? '   ← this deployment' : a?.stale.includes(h) ? '   ← this site, another secret (stale)' : '';
-        lines.push(describeHook(h, secrets, mark));
-      }
-      if (a?.stale.length) lines.push(staleLine(a.stale, site.site!));
-      if (!secret) return done(0, [...lines, `ℹ️ AMOCRM_HOOK_SECRET is not set: the reverse direction is off and none of these is this deployment's → to turn it on: ${TURN_ON}`]);
-      if ('problem' in site) return done(1, [...lines, `❌ ${site.problem}, so this deployment's hook cannot be told apart → ${site.fix}`]);
-      const shown = shownDestination(site.site);
-      if (!a!.ours) return done(1, [...lines, `❌ no hook points at this deployment (${shown}) → ${SUBSCRIBE}`]);
-      if (a!.ours.disabled) return done(1, [...lines, `❌ this deployment's hook (${shown}) is disabled by amoCRM → ${REENABLE}`]);
-      if (a!.missing.length) return done(0, [...lines, `⚠️ this deployment's hook (${shown}) is enabled but lacks ${a!.missing.join(', ')} → ${SUBSCRIBE}`]);
-      return done(0, [...lines, `✅ this deployment's hook (${shown}) is enabled with ${a!.ours.settings.join(', ')}`]);
-    }
-
-    const siteUrl = site.site!;
-    const destination = hookDestination(siteUrl, secret!);
-    const shown = shownDestination(siteUrl);
-
-    if (action === 'unsubscribe') {
-      const removed = await amo.unsubscribeWebhook(destination);
-      return done(0, [removed
-        ? `✅ unsubscribed: amoCRM no longer calls ${shown}`
-        : `✅ nothing to unsubscribe: no hook points at ${shown}`]);
-    }
-
-    // subscribe
-    const host = new URL(siteUrl).hostname;
-    if (LOCAL_HOST.test(host) && !baseIsLocal) {
-      return done(1, [`❌ ${siteUrl} (from ${site.from}) is this machine: amoCRM cannot call it → set URL to the deployed site, e.g. URL=https://<site>.netlify.app`]);
-    }
-    const lines: string[] = [];
-    if (siteUrl.startsWith('http:') && !LOCAL_HOST.test(host)) lines.push(`⚠️ ${siteUrl} is not https: the secret in the hook's URL would travel unencrypted`);
-    const before = assessHooks(await amo.listWebhooks(), siteUrl, secret!);
-    if (before.stale.length) lines.push(staleLine(before.stale, siteUrl));
-    if (before.ours?.disabled) return done(1, [...lines, `❌ the hook for ${shown} exists but amoCRM disabled it → ${REENABLE}`]);
-    if (before.ours && before.missing.length === 0) {
-      return done(0, [...lines, `✅ already subscribed: ${shown} (hook ${before.ours.id ?? '?'}, enabled) with ${before.ours.settings.join(', ')}; nothing changed`]);
-    }
-    // An existing hook keeps the events someone added to it by hand.
-    const settings = [...new Set([...(before.ours?.settings ?? []), ...HOOK_SETTINGS])];
-    await amo.subscribeWebhook(destination, settings);
-    const after = assessHooks(await amo.listWebhooks(), siteUrl, secret!);
-    if (!after.ours) return done(1, [...lines, `❌ amoCRM accepted the subscription but does not list a hook for ${shown} → check ${HOOKS_PAGE}, then run this again`]);
-    if (after.missing.length) return done(1, [...lines, `❌ the hook for ${shown} lacks ${after.missing.join(', ')} after subscribing → add them in ${HOOKS_PAGE}`]);
-    return done(0, [...lines, `✅ subscribed ${shown} (from ${site.from}) to ${after.ours.settings.join(', ')} (hook ${after.ours.id ?? '?'}, ${after.ours.disabled ? 'DISABLED' : 'enabled'})`]);
+    const run: HookRun = { amo: runtime.invocation(15_000).amo, baseUrl: runtime.config.amocrm.baseUrl, secret, site, done };
+    if (action === 'list') return await listHooks(run);
+    if (action === 'unsubscribe') return await unsubscribe(run);
+    return await subscribe(run);
   } catch (err) {
     if (isForbidden(err)) {
       return done(1, [forbiddenLine(site?.site, action === 'subscribe' ? 'add the hook by hand' : action === 'unsubscribe' ? 'delete the hook by hand' : 'look at the hooks')]);
     }
     return done(1, failureLines(err));
   }
+}
+
+/** Every hook of the account, ours and stale ones marked, and what ours lacks. */
+async function listHooks({ amo, baseUrl, secret, site, done }: HookRun): Promise<CommandResult> {
+  const hooks = await amo.listWebhooks();
+  const a = site.site && secret ? assessHooks(hooks, site.site, secret) : undefined;
+  const lines = [`Webhooks of ${baseUrl}: ${hooks.length}`];
+  for (const h of hooks) {
+    const mark = h === a?.ours ? '   ← this deployment' : a?.stale.includes(h) ? '   ← this site, another secret (stale)' : '';
+    lines.push(describeHook(h, secret ? [secret] : [], mark));
+  }
+  if (a?.stale.length) lines.push(staleLine(a.stale, site.site!));
+  if (!secret) return done(0, [...lines, `ℹ️ AMOCRM_HOOK_SECRET is not set: the reverse direction is off and none of these is this deployment's → to turn it on: ${TURN_ON}`]);
+  if ('problem' in site) return done(1, [...lines, `❌ ${site.problem}, so this deployment's hook cannot be told apart → ${site.fix}`]);
+  const shown = shownDestination(site.site);
+  if (!a!.ours) return done(1, [...lines, `❌ no hook points at this deployment (${shown}) → ${SUBSCRIBE}`]);
+  if (a!.ours.disabled) return done(1, [...lines, `❌ this deployment's hook (${shown}) is disabled by amoCRM → ${REENABLE}`]);
+  if (a!.missing.length) return done(0, [...lines, `⚠️ this deployment's hook (${shown}) is enabled but lacks ${a!.missing.join(', ')} → ${SUBSCRIBE}`]);
+  return done(0, [...lines, `✅ this deployment's hook (${shown}) is enabled with ${a!.ours.settings.join(', ')}`]);
+}
+
+async function unsubscribe({ amo, secret, site, done }: HookRun): Promise<CommandResult> {
+  const shown = shownDestination(site.site!);
+  const removed = await amo.unsubscribeWebhook(hookDestination(site.site!, secret!));
+  return done(0, [removed
+    ? `✅ unsubscribed: amoCRM no longer calls ${shown}`
+    : `✅ nothing to unsubscribe: no hook points at ${shown}`]);
+}
+
+async function subscribe({ amo, baseUrl, secret, site, done }: HookRun): Promise<CommandResult> {
+  const siteUrl = site.site!;
+  const shown = shownDestination(siteUrl);
+  const local = isLocalHost(new URL(siteUrl).hostname);
+  if (local && !isLocalUrl(baseUrl)) {
+    return done(1, [`❌ ${siteUrl} (from ${site.from}) is this machine: amoCRM cannot call it → set URL to the deployed site, e.g. URL=https://<site>.netlify.app`]);
+  }
+  const lines: string[] = [];
+  if (siteUrl.startsWith('http:') && !local) lines.push(`⚠️ ${siteUrl} is not https: the secret in the hook's URL would travel unencrypted`);
+  const before = assessHooks(await amo.listWebhooks(), siteUrl, secret!);
+  if (before.stale.length) lines.push(staleLine(before.stale, siteUrl));
+  if (before.ours?.disabled) return done(1, [...lines, `❌ the hook for ${shown} exists but amoCRM disabled it → ${REENABLE}`]);
+  if (before.ours && before.missing.length === 0) {
+    return done(0, [...lines, `✅ already subscribed: ${shown} (hook ${before.ours.id ?? '?'}, enabled) with ${before.ours.settings.join(', ')}; nothing changed`]);
+  }
+  // An existing hook keeps the events someone added to it by hand.
+  const settings = [...new Set([...(before.ours?.settings ?? []), ...HOOK_SETTINGS])];
+  await amo.subscribeWebhook(hookDestination(siteUrl, secret!), settings);
+  const after = assessHooks(await amo.listWebhooks(), siteUrl, secret!);
+  if (!after.ours) return done(1, [...lines, `❌ amoCRM accepted the subscription but does not list a hook for ${shown} → check ${HOOKS_PAGE}, then run this again`]);
+  if (after.missing.length) return done(1, [...lines, `❌ the hook for ${shown} lacks ${after.missing.join(', ')} after subscribing → add them in ${HOOKS_PAGE}`]);
+  return done(0, [...lines, `✅ subscribed ${shown} (from ${site.from}) to ${after.ours.settings.join(', ')} (hook ${after.ours.id ?? '?'}, ${after.ours.disabled ? 'DISABLED' : 'enabled'})`]);
 }
