@@ -9,7 +9,7 @@ import { PROFILES, type Profile } from '../tests/explore/scenario.ts';
 import { openWorld } from '../tests/explore/world.ts';
 import { parseCommandLine, runMain, UsageError } from './cli.ts';
 
-const INVARIANTS: InvariantName[] = ['forward_only', 'closed_untouched', 'changes_once', 'events_final', 'outcome', 'no_429', 'mirror'];
+const INVARIANTS: InvariantName[] = ['forward_only', 'closed_untouched', 'changes_once', 'closure_once', 'events_final', 'outcome', 'no_429', 'mirror'];
 const USAGE = [
   'Usage: npm run explore -- [--runs N] [--profile lessons|hooks|all] [--seed S] [--path P] [--only invariant,...]',
   '                          [--database-url <postgres-url>] [--quiet]',
