@@ -1,7 +1,7 @@
 // `npm start`: the whole sync on this machine, no Supabase and no amoCRM account needed.
 // Shows a student completing lessons 67, 68, 69 and the deal walking through the three
 // stages, then keeps serving so you can post your own events (see README).
-import { studentDeal, type StudentDeal } from '../lib/db/mirror.ts';
+import { studentDeal, type StudentDeal } from '../lib/db/deal-mirror.ts';
 import { LOCAL, startEmbedded, type Embedded } from './embedded.ts';
 
 /** Ends the way every CLI here ends: one ❌ line that says what to do, exit 1. */

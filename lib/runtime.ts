@@ -10,7 +10,7 @@ import { axiosTransport, createAmoHttp, type TokenSource, type Transport } from 
 import { createOAuthClient, type OAuthClient } from './amocrm/oauth.ts';
 import { databaseRateLimiter, spareCapacityLimiter } from './amocrm/rate-limit.ts';
 import { amoResources, type AmoResources } from './amocrm/resources.ts';
-import { TokenManager } from './amocrm/tokens.ts';
+import { TokenManager } from './amocrm/token-manager.ts';
 import { createLogger, type Logger } from './log.ts';
 import type { SyncDeps } from './sync/deps.ts';
 

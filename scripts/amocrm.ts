@@ -1,9 +1,9 @@
 // `npm run amocrm -- <command>`: the operator commands of lib/ops/, run against the target
 // chosen by scripts/target.ts. Exit 0 done, 1 failed, 2 bad arguments.
 import type { CommandContext, CommandResult } from '../lib/ops/command.ts';
-import { findDealCommand } from '../lib/ops/find-deal.ts';
+import { findDealCommand } from '../lib/ops/find-deal-command.ts';
 import { pipelinesCommand } from '../lib/ops/pipelines.ts';
-import { exchangeCodeCommand, refreshCommand, storeLongLivedCommand } from '../lib/ops/tokens.ts';
+import { exchangeCodeCommand, refreshCommand, storeLongLivedCommand } from '../lib/ops/token-commands.ts';
 import { ACTIONS as WEBHOOK_ACTIONS, webhooksCommand } from '../lib/ops/hook-subscriptions.ts';
 import { redact } from '../lib/log.ts';
 import { parseCommandLine, runMain, UsageError } from './cli.ts';

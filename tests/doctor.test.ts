@@ -10,7 +10,7 @@ import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { parseEnv } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPostgresDatabase } from '../dev/database.ts';
+import { createPostgresDatabase } from '../dev/postgres-setup.ts';
 import { LOCAL, startEmbedded, type Embedded } from '../dev/embedded.ts';
 import { webhooksCommand } from '../lib/ops/hook-subscriptions.ts';
 import { exitCodeOf, formatCheck, runDoctor, type CheckResult, type DoctorFacts } from '../lib/ops/doctor/index.ts';

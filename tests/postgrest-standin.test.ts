@@ -3,7 +3,7 @@
 // for the SQLSTATE, which supabase-js turns into the error the sync classifies.
 import type { PGlite } from '@electric-sql/pglite';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openPglite } from '../dev/database.ts';
+import { openPglite } from '../dev/postgres-setup.ts';
 import { startPostgrestStandin, type PostgrestStandin } from '../dev/postgrest-standin.ts';
 import { DbError } from '../lib/db/port.ts';
 import { pgliteDb } from '../lib/db/sql-adapters.ts';

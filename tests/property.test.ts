@@ -6,8 +6,9 @@ import { describe, expect, it } from 'vitest';
 import type { Contact, Lead, PipelineStatus } from '../lib/amocrm/resources.ts';
 import { backoffMs, chooseDeal, decideMove, normalizeEmail } from '../lib/sync/decide.ts';
 import { replayRequestSchema } from '../lib/sync/replay.ts';
-import { parseWebhookBody, PayloadError } from '../lib/webhook/payload.ts';
-import { sign, verifyWebhook, WebhookVerificationError } from '../lib/webhook/verify.ts';
+import { PayloadError } from '../lib/http/body.ts';
+import { parseWebhookBody } from '../lib/lesson-webhook/payload.ts';
+import { sign, verifyWebhook, WebhookVerificationError } from '../lib/lesson-webhook/verify.ts';
 
 const RUNS = { numRuns: 300 };
 const PG_INT_MAX = 2_147_483_647;

@@ -2,12 +2,13 @@
 // it: embedded PGlite, or a fresh database on the PostgreSQL server at `serverUrl`.
 // `db` is the Db port as production uses it (service_role); `sql` runs as the superuser for
 // arranging and inspecting; `asRole` runs one statement as anon/authenticated (with the JWT
-// subject set), the way a student's own write arrives through the API under RLS.
+// subject set), the way a student's own write arrives through the API under RLS. Built on
+// ../postgres-setup.ts, which only creates and migrates the database.
 import type { PGlite } from '@electric-sql/pglite';
 import type { Pool } from 'pg';
 import type { Db } from '../../lib/db/port.ts';
 import { pgliteDb, pgPoolDb, poolForRpc } from '../../lib/db/sql-adapters.ts';
-import { createPostgresDatabase, openPglite, type SetupOptions } from '../database.ts';
+import { createPostgresDatabase, openPglite, type SetupOptions } from '../postgres-setup.ts';
 
 export type Row = Record<string, any>;
 

@@ -5,7 +5,7 @@
 import type { Clock } from '../../lib/clock.ts';
 import { loadConfig } from '../../lib/config.ts';
 import type { Db } from '../../lib/db/port.ts';
-import { storeTokens as storeTokenPair } from '../../lib/db/tokens.ts';
+import { storeTokens as storeTokenPair } from '../../lib/db/token-store.ts';
 import { createLogger, type Logger } from '../../lib/log.ts';
 import { buildRuntime, installRuntime, type Runtime } from '../../lib/runtime.ts';
 import { startAmoStandin, type AmoStandin, type StandinOptions } from '../amocrm-standin/index.ts';

@@ -1,7 +1,7 @@
 // The operator console's reads, one database function per view (each served by an index:
 // see supabase/migrations/20261208000500_amocrm_console.sql); the health view adds where
-// reading the events feed stands (mirror.ts). The only module that names these functions.
-import { getFeedState, type FeedState } from './mirror.ts';
+// reading the events feed stands (deal-mirror.ts). The only module that names these functions.
+import { getFeedState, type FeedState } from './deal-mirror.ts';
 import type { Db } from './port.ts';
 
 export interface FunnelLesson { stage_number: number; lesson_id: number; completed: number; moved: number; skipped: number; failed: number; waiting: number }

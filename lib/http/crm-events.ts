@@ -4,8 +4,8 @@
 // and disables a hook after 100 bad answers); applying it to the mirror happens after the
 // answer. Only a delivery that could not be recorded gets a non-2xx.
 import { receiveDelivery } from '../mirror/receive-delivery.ts';
-import { safeEqual } from '../webhook/verify.ts';
-import { readBody } from '../webhook/payload.ts';
+import { safeEqual } from '../safe-equal.ts';
+import { readBody } from './body.ts';
 import { endpoint } from './handler.ts';
 import { errorResponse, json } from './respond.ts';
 

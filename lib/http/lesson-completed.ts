@@ -2,8 +2,9 @@
 // completion commits (or a Database Webhook created in the Supabase dashboard). Verifies
 // the caller, validates the body, and maps what the sync did to a status.
 import { receiveLessonEvent, type LessonEventResult } from '../sync/receive-lesson.ts';
-import { parseJson, parseWebhookBody, readBody } from '../webhook/payload.ts';
-import { verifyWebhook } from '../webhook/verify.ts';
+import { parseWebhookBody } from '../lesson-webhook/payload.ts';
+import { parseJson, readBody } from './body.ts';
+import { verifyWebhook } from '../lesson-webhook/verify.ts';
 import { endpoint } from './handler.ts';
 import { errorResponse, json } from './respond.ts';
 

@@ -1,7 +1,15 @@
 // The operator endpoints (replay, status, the console) take AMOCRM_REPLAY_TOKEN as a Bearer
 // token, or as the password of HTTP Basic auth so a browser can open them.
-import { bearerMatches, safeEqual } from '../webhook/verify.ts';
+import { safeEqual } from '../safe-equal.ts';
 import { errorResponse } from './respond.ts';
+
+/** Bearer check for the operator endpoints (replay, status, the console), constant-time. */
+export function bearerMatches(headers: Headers, token: string | undefined): boolean {
+  const auth = headers.get('authorization') ?? '';
+  const offered = /^Bearer\s+(.+)$/i.exec(auth)?.[1]?.trim();
+  if (!token || !offered) return false;
+  return safeEqual(offered, token);
+}
 
 function basicMatches(headers: Headers, token: string): boolean {
   const encoded = /^Basic\s+(.+)$/i.exec(headers.get('authorization') ?? '')?.[1];

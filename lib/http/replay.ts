@@ -1,6 +1,7 @@
-// POST /api/amocrm/replay — operators run failed/dead/parked/skipped events again.
+// POST /api/amocrm/replay — operators run failed/dead/parked/skipped events again. The HTTP
+// layer of lib/sync/replay.ts (same name, one thing): the body in, the result out.
 import { replayRequestSchema, runReplay } from '../sync/replay.ts';
-import { parseJson, PayloadError, readBody } from '../webhook/payload.ts';
+import { parseJson, PayloadError, readBody } from './body.ts';
 import { endpoint } from './handler.ts';
 import { json } from './respond.ts';
 

@@ -3,8 +3,8 @@
 import { ConfigError } from '../config.ts';
 import { DbError } from '../db/port.ts';
 import { errorText, redact } from '../log.ts';
-import { PayloadError } from '../webhook/payload.ts';
-import { WebhookVerificationError } from '../webhook/verify.ts';
+import { PayloadError } from './body.ts';
+import { WebhookVerificationError } from '../lesson-webhook/verify.ts';
 
 export const json = (status: number, body: unknown, headers: Record<string, string> = {}) =>
   new Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json; charset=utf-8', ...headers } });

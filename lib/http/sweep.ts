@@ -1,4 +1,5 @@
-// Transport of the scheduled run: one summary line per run, a JSON report as the answer.
+// The scheduled run's HTTP layer (the run itself is lib/sync/sweep.ts, same name, one thing):
+// one summary line per run, a JSON report as the answer.
 import { runSweep } from '../sync/sweep.ts';
 import { endpoint } from './handler.ts';
 import { json } from './respond.ts';

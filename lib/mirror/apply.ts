@@ -8,8 +8,8 @@
 import { randomUUID } from 'node:crypto';
 import { AmoError } from '../amocrm/errors.ts';
 import type { Lead } from '../amocrm/resources.ts';
-import type { AppliedChange, LeadState } from '../db/mirror.ts';
-import { applyDeliveries } from '../db/mirror.ts';
+import type { AppliedChange, LeadState } from '../db/deal-mirror.ts';
+import { applyDeliveries } from '../db/deal-mirror.ts';
 import type { Runtime } from '../runtime.ts';
 
 /** How long the read of such deals may queue for a shared amoCRM slot. */

@@ -8,9 +8,9 @@
 // resumes there instead of starting over. Only a window read in full moves the start of
 // the next one. However many changes a window holds, each run reads further into it.
 import { AmoError } from '../amocrm/errors.ts';
-import type { LeadChange } from '../amocrm/hooks.ts';
+import type { LeadChange } from '../amocrm/hook-form.ts';
 import type { AmoEvent } from '../amocrm/resources.ts';
-import { applyChanges, getFeedState, putFeedState, type FeedState } from '../db/mirror.ts';
+import { applyChanges, getFeedState, putFeedState, type FeedState } from '../db/deal-mirror.ts';
 import type { Runtime } from '../runtime.ts';
 import { logChanges } from './apply.ts';
 

@@ -2,8 +2,8 @@
 // amoCRM at once), and what cannot be used is kept and flagged for an operator, never
 // refused, so amoCRM never disables the hook over content. Applying it to the mirror is
 // returned as work for after the answer.
-import { HookContentError, parseHookBody, type LeadChange } from '../amocrm/hooks.ts';
-import { recordDelivery, type DeliveryStatus } from '../db/mirror.ts';
+import { HookContentError, parseHookBody, type LeadChange } from '../amocrm/hook-form.ts';
+import { recordDelivery, type DeliveryStatus } from '../db/deal-mirror.ts';
 import type { Runtime } from '../runtime.ts';
 import { errorText } from '../log.ts';
 import { applyPendingDeliveries } from './apply.ts';

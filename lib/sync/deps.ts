@@ -21,16 +21,3 @@ export interface SyncDeps {
   clock: Clock;
   random?: () => number;
 }
-
-export type OutcomeStatus = 'done' | 'skipped' | 'failed' | 'parked' | 'dead' | 'retry' | 'deferred';
-
-export interface EventOutcome {
-  eventId: number;
-  status: OutcomeStatus;
-  moved: boolean;
-  leadId?: number;
-  statusId?: number;
-  code?: string;
-  message?: string;
-  retryInMs?: number;
-}

@@ -4,7 +4,7 @@
 // stops the batch and the rest wait. A student without a deal yet is simply searched
 // again at the first lesson.
 import { AmoError } from '../amocrm/errors.ts';
-import { claimLookahead, finishLookahead, type LookaheadJob } from '../db/drain.ts';
+import { claimLookahead, finishLookahead, type LookaheadJob } from '../db/lookahead-jobs.ts';
 import type { Runtime } from '../runtime.ts';
 import { chooseFromSearch, searchStudent, type StudentSearch } from './find-deal.ts';
 import { errorText } from '../log.ts';

@@ -6,8 +6,23 @@ import { AmoError } from '../amocrm/errors.ts';
 import type { Lead } from '../amocrm/resources.ts';
 import { finishEvents, type ClaimedEvent, type FinishItem, type FinishResult } from '../db/outbox.ts';
 import { backoffMs, type MoveDecision } from './decide.ts';
-import type { EventOutcome, SyncDeps } from './deps.ts';
+import type { SyncDeps } from './deps.ts';
 import { errorText } from '../log.ts';
+
+/** An event's status once a step is done with it. */
+export type OutcomeStatus = 'done' | 'skipped' | 'failed' | 'parked' | 'dead' | 'retry' | 'deferred';
+
+/** What happened to one event, as the batch reports it and the outbox records it. */
+export interface EventOutcome {
+  eventId: number;
+  status: OutcomeStatus;
+  moved: boolean;
+  leadId?: number;
+  statusId?: number;
+  code?: string;
+  message?: string;
+  retryInMs?: number;
+}
 
 const contextOf = (event: ClaimedEvent) => ({ event: event.id, lesson: event.lesson_id, email: event.email ?? '-' });
 

@@ -1,7 +1,8 @@
 // One event by id: claim it (a duplicate delivery gets claimed=false) and run the sync's
 // steps for it. Used by the webhook and replay; the scheduled run claims in batches.
 import { claimEvent, type ClaimRefusal } from '../db/outbox.ts';
-import type { EventOutcome, SyncDeps } from './deps.ts';
+import type { SyncDeps } from './deps.ts';
+import type { EventOutcome } from './outcome.ts';
 import { processEvents } from './steps.ts';
 
 export type DeliveryResult =

@@ -1,12 +1,12 @@
 // Receiving one lesson completion (the doorbell pg_net rings, or a plain Database Webhook):
 // record it if it came without an event, hand it to a drainer working a backlog, or
 // deliver it here. Returns what happened; the HTTP layer only maps it to a status.
-import { routeEvent } from '../db/drain.ts';
+import { routeEvent } from '../db/drain-lease.ts';
 import { recordEvent } from '../db/outbox.ts';
 import type { Runtime } from '../runtime.ts';
-import { isCompleted, type WebhookBody } from '../webhook/payload.ts';
-import type { EventOutcome } from './deps.ts';
-import { ringDrainer, wakeDrainer } from './drain.ts';
+import { isCompleted, type WebhookBody } from '../lesson-webhook/payload.ts';
+import type { EventOutcome } from './outcome.ts';
+import { ringDrainer, wakeDrainer } from './drainer.ts';
 import { deliverEvent } from './process-event.ts';
 
 /**

@@ -1,6 +1,7 @@
 // Replay: run chosen events again, idempotently (forward-only moves; a done event is not
 // redone unless `force`). Bounded by a time budget: what does not fit is returned as a
-// cursor to continue from, never left half-done.
+// cursor to continue from, never left half-done. Same name, one thing: lib/http/replay.ts
+// is its HTTP layer (the console's is lib/http/console/actions.ts).
 import { z } from 'zod';
 import type { Runtime } from '../runtime.ts';
 import { missingEventIds, selectEvents } from '../db/outbox.ts';

@@ -13,9 +13,9 @@ import { getCachedPipeline, putCachedPipeline } from '../db/pipeline-cache.ts';
 import { errorText } from '../log.ts';
 import { Batch } from './batch.ts';
 import { decideMove, type MoveDecision } from './decide.ts';
-import type { EventOutcome, SyncDeps } from './deps.ts';
+import type { SyncDeps } from './deps.ts';
 import { chooseFromSearch, chosenOrThrow, noEmail, rememberedStillUsable, searchStudent, type StudentSearch } from './find-deal.ts';
-import { closedByMirrorOutcome, decisionOutcome, deferredOutcome, recordOutcomes, type Found } from './outcome.ts';
+import { closedByMirrorOutcome, decisionOutcome, deferredOutcome, recordOutcomes, type EventOutcome, type Found } from './outcome.ts';
 
 export { UNCERTAIN_MOVE_HOLD_MS } from './batch.ts';
 

@@ -1,15 +1,16 @@
-// The scheduled run: keeps the token chain alive, brings back what was missed, and drains
-// due events (webhook never arrived, retryable failures whose time has come, leases of
-// killed invocations) as the drainer while it has time, unless a drainer already holds
-// the queue. What it cannot finish it hands to the background drainer (drain.ts).
+// The scheduled run (its HTTP layer is lib/http/sweep.ts): keeps the token chain alive,
+// brings back what was missed, and drains due events (webhook never arrived, retryable
+// failures whose time has come, leases of killed invocations) as the drainer while it has
+// time, unless a drainer already holds the queue. What it cannot finish it hands to the
+// background drainer (drainer.ts).
 import type { Runtime } from '../runtime.ts';
 import { AmoError } from '../amocrm/errors.ts';
 import type { AmoResources } from '../amocrm/resources.ts';
 import { countParked, reconcile, resumeParked } from '../db/outbox.ts';
-import type { OutcomeStatus } from './deps.ts';
+import type { OutcomeStatus } from './outcome.ts';
 import { applyPendingDeliveries } from '../mirror/apply.ts';
 import { reconcileFeed } from '../mirror/feed.ts';
-import { runDrain } from './drain.ts';
+import { runDrain } from './drainer.ts';
 
 export interface SweepOptions {
   /** Netlify stops a scheduled function at 30 s; stop starting work well before. */

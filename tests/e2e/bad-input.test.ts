@@ -21,7 +21,7 @@ import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
 import { handleReplay } from '../../lib/http/replay.ts';
 import { handleConsole } from '../../lib/http/console/routes.ts';
 import { handleStatus } from '../../lib/http/status.ts';
-import { sign } from '../../lib/webhook/verify.ts';
+import { sign } from '../../lib/lesson-webhook/verify.ts';
 import { createStack, dbWebhookBody, REPLAY_TOKEN, STAGE, WEBHOOK_SECRET, type Stack } from '../helpers/stack.ts';
 
 let s: Stack;

@@ -12,13 +12,13 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi, type MockInstance } from 'vitest';
 import { handleConsole } from '../../lib/http/console/routes.ts';
 import { handleCrmEvents } from '../../lib/http/crm-events.ts';
-import { handleDrain } from '../../lib/http/drain.ts';
+import { handleDrain } from '../../lib/http/drain-background.ts';
 import type { RuntimeSource } from '../../lib/http/handler.ts';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
 import { handleReplay } from '../../lib/http/replay.ts';
 import { handleStatus } from '../../lib/http/status.ts';
 import { runtimeFromEnv } from '../../lib/runtime.ts';
-import { sign } from '../../lib/webhook/verify.ts';
+import { sign } from '../../lib/lesson-webhook/verify.ts';
 import { createStack, dbWebhookBody, REPLAY_TOKEN, WEBHOOK_SECRET, type Stack } from '../helpers/stack.ts';
 
 const HOOK_SECRET = 'caller-first-hook-secret-0c4f7a9e2b';

@@ -1,14 +1,14 @@
-// The drainer's real entry (lib/http/drain.ts: the caller check, the budget, the linger,
+// The drainer's real entry (lib/http/drain-background.ts: the caller check, the budget, the linger,
 // a lost lease), a ring that does not reach it, and a database outage in the middle of a
 // burst. Real database (PGlite or PostgreSQL 15), the amoCRM stand-in, the real steps.
 import { createServer, type Server } from 'node:http';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../lib/config.ts';
-import { DRAIN_BUDGET_MS, handleDrain } from '../../lib/http/drain.ts';
+import { DRAIN_BUDGET_MS, handleDrain } from '../../lib/http/drain-background.ts';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
 import { BURST_BACKLOG } from '../../lib/sync/receive-lesson.ts';
 import { buildRuntime, type Runtime } from '../../lib/runtime.ts';
-import { runDrain } from '../../lib/sync/drain.ts';
+import { runDrain } from '../../lib/sync/drainer.ts';
 import { faultyDb } from '../helpers/faulty-db.ts';
 import { createStack, dbWebhookBody, STAGE, type Stack } from '../helpers/stack.ts';
 

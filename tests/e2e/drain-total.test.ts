@@ -5,7 +5,7 @@
 // PostgreSQL with DATABASE_URL), the amoCRM stand-in, the real drainer and console.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { handleConsole } from '../../lib/http/console/routes.ts';
-import { runDrain } from '../../lib/sync/drain.ts';
+import { runDrain } from '../../lib/sync/drainer.ts';
 import { createStack, REPLAY_TOKEN, STAGE, type Stack } from '../helpers/stack.ts';
 
 let s: Stack;

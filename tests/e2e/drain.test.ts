@@ -8,7 +8,7 @@ import { loadConfig } from '../../lib/config.ts';
 import { buildRuntime, type Runtime } from '../../lib/runtime.ts';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
 import { BURST_BACKLOG } from '../../lib/sync/receive-lesson.ts';
-import { runDrain } from '../../lib/sync/drain.ts';
+import { runDrain } from '../../lib/sync/drainer.ts';
 import { runLookahead } from '../../lib/sync/lookahead.ts';
 import { SEARCHES_IN_FLIGHT, processEvents } from '../../lib/sync/steps.ts';
 import { claimDue, rememberLeads } from '../../lib/db/outbox.ts';

@@ -6,7 +6,7 @@
 // Real database (PGlite or PostgreSQL 15), the stand-in's /api/v4/events, the real SQL.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { consoleHealth } from '../../lib/db/console.ts';
-import { getFeedState, putFeedState } from '../../lib/db/mirror.ts';
+import { getFeedState, putFeedState } from '../../lib/db/deal-mirror.ts';
 import { healthPage } from '../../lib/http/console/pages.ts';
 import { reconcileFeed } from '../../lib/mirror/feed.ts';
 import { runSweep } from '../../lib/sync/sweep.ts';

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { claimDue } from '../../lib/db/outbox.ts';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
-import { runDrain } from '../../lib/sync/drain.ts';
+import { runDrain } from '../../lib/sync/drainer.ts';
 import { processEvents } from '../../lib/sync/steps.ts';
 import { createStack, dbWebhookBody, STAGE, type Stack } from '../helpers/stack.ts';
 

@@ -6,7 +6,7 @@ import qs from 'qs';
 import { handleCrmEvents } from '../../lib/http/crm-events.ts';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
 import { reconcileFeed } from '../../lib/mirror/feed.ts';
-import { runDrain } from '../../lib/sync/drain.ts';
+import { runDrain } from '../../lib/sync/drainer.ts';
 import { runReplay, type ReplayRequest } from '../../lib/sync/replay.ts';
 import { runSweep } from '../../lib/sync/sweep.ts';
 import { dbWebhookBody, STAGE } from '../helpers/stack.ts';

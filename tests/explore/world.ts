@@ -10,7 +10,7 @@ import { loadConfig, type Config } from '../../lib/config.ts';
 import { DbError, type Db } from '../../lib/db/port.ts';
 import { buildRuntime, type Runtime } from '../../lib/runtime.ts';
 import { STANDIN_ACCOUNT, type HookAttempt } from '../../dev/amocrm-standin/index.ts';
-import { storeTokens } from '../../lib/db/tokens.ts';
+import { storeTokens } from '../../lib/db/token-store.ts';
 import { createStack, type Stack } from '../helpers/stack.ts';
 import { realSleep, VirtualClock } from './clock.ts';
 import { Gates, type Actor } from './gates.ts';

@@ -2,7 +2,7 @@
 // (CI runs both). The same database the stack builder uses (dev/stack/database.ts):
 // `db` is the Db port as production uses it (service_role); `sql` runs as the superuser
 // for arranging and inspecting; `asRole` runs as anon/authenticated.
-import type { SetupOptions } from '../../dev/database.ts';
+import type { SetupOptions } from '../../dev/postgres-setup.ts';
 import { openStackDatabase, type Row, type StackDatabase } from '../../dev/stack/database.ts';
 
 export type { Row };

@@ -4,7 +4,7 @@
 // This file only adds the test-facing names and the request builders for the webhook.
 import { memoryLogger } from '../../lib/log.ts';
 import type { Runtime } from '../../lib/runtime.ts';
-import { sign } from '../../lib/webhook/verify.ts';
+import { sign } from '../../lib/lesson-webhook/verify.ts';
 import type { AmoStandin, StandinOptions } from '../../dev/amocrm-standin/index.ts';
 import { createSyncStack, type StackDatabase, type StackLayout, type StudentOptions } from '../../dev/stack/index.ts';
 import type { Db } from '../../lib/db/port.ts';

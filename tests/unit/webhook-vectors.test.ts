@@ -3,7 +3,7 @@
 // hide: the other signature tests derive their expected values from `sign` itself.
 // The SQL signer (amocrm.ring_webhook, pgcrypto) must produce the very same values.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sign, verifyWebhook, WebhookVerificationError } from '../../lib/webhook/verify.ts';
+import { sign, verifyWebhook, WebhookVerificationError } from '../../lib/lesson-webhook/verify.ts';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
 
 interface Vector {

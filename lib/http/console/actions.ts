@@ -1,10 +1,11 @@
 // The console's actions (POST): replay (a dry run first, then the same events after a
 // confirmation) and resuming parked events. Each is logged in one runbook-style line.
+// What each shows is views/actions.ts (same name, one thing: the action and its page).
 import { resumeParked } from '../../db/outbox.ts';
 import type { Fields } from '../../log.ts';
 import type { Runtime } from '../../runtime.ts';
 import { replayRequestSchema, runReplay, type ReplayResult } from '../../sync/replay.ts';
-import { parseJson, PayloadError, readBody } from '../../webhook/payload.ts';
+import { parseJson, PayloadError, readBody } from '../body.ts';
 import { ConsoleInputError, toIso } from './query.ts';
 import type { RenderContext, Rendered } from './render.ts';
 import { crossOriginRefusal } from './security.ts';

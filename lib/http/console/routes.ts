@@ -2,7 +2,7 @@
 // runtime, operator authentication (Basic in a browser, Bearer for scripts; a browser
 // without credentials gets the 401 challenge) and the error mapping. Here: which view
 // or action a path names, its method, and the page or JSON twin it answers.
-import { PayloadError } from '../../webhook/payload.ts';
+import { PayloadError } from '../body.ts';
 import { endpoint, type FunctionContext, type RuntimeSource } from '../handler.ts';
 import { replayAction, resumeAction } from './actions.ts';
 import { html } from './html.ts';

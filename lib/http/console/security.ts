@@ -3,7 +3,7 @@
 // no inline handlers, no frames, forms only to this origin), no caching, no referrer, and a
 // same-origin check on every action.
 import { randomBytes } from 'node:crypto';
-import { bearerMatches } from '../../webhook/verify.ts';
+import { bearerMatches } from '../operator-auth.ts';
 
 export const newNonce = () => randomBytes(16).toString('base64');
 

@@ -1,5 +1,6 @@
 // What an action shows: the dry run of a replay with its confirmation, the replay's
-// results, resuming parked events, and a refused or malformed request.
+// results, resuming parked events, and a refused or malformed request (the actions
+// themselves: ../actions.ts).
 import type { Config } from '../../../config.ts';
 import type { ReplayRequest, ReplayResult } from '../../../sync/replay.ts';
 import { count } from '../format.ts';

@@ -1,7 +1,8 @@
 // The reverse direction's database side: raw hook deliveries, the deal mirror and its
 // extension point (amocrm.deal_changes), where reading the events feed stands. The only
-// module that names these database functions (supabase/migrations/20261208000400_amocrm_mirror.sql).
-import type { LeadChange } from '../amocrm/hooks.ts';
+// module that names these database functions (supabase/migrations/20261208000400_amocrm_mirror.sql);
+// the reverse direction itself is lib/mirror/.
+import type { LeadChange } from '../amocrm/hook-form.ts';
 import type { Db } from './port.ts';
 
 export type DeliveryStatus = 'pending' | 'flagged' | 'ignored';

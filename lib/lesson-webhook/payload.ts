@@ -1,6 +1,7 @@
-// The body the webhook accepts: Supabase's Database Webhook shape {type, table, schema,
-// record, old_record}, plus event_id when our trigger sent it.
+// The body the lesson-completed webhook accepts: Supabase's Database Webhook shape {type,
+// table, schema, record, old_record}, plus event_id when our trigger sent it.
 import { z } from 'zod';
+import { PayloadError } from '../http/body.ts';
 
 const PG_INT_MAX = 2_147_483_647;
 
@@ -23,13 +24,6 @@ export const webhookBodySchema = z.object({
 
 export type WebhookBody = z.infer<typeof webhookBodySchema>;
 
-export class PayloadError extends Error {
-  override readonly name = 'PayloadError';
-  constructor(message: string, readonly status: 400 | 413 | 422 = 400) {
-    super(message);
-  }
-}
-
 /** The same completion rule as amocrm.row_is_completed in SQL. */
 export function isCompleted(row: Record<string, unknown> | null | undefined): boolean {
   if (!row) return false;
@@ -37,14 +31,6 @@ export function isCompleted(row: Record<string, unknown> | null | undefined): bo
   if ('completed' in row) return row.completed === true;
   if ('completed_at' in row) return row.completed_at !== null && row.completed_at !== undefined;
   return true;
-}
-
-export function parseJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    throw new PayloadError('body is not valid JSON');
-  }
 }
 
 export function parseWebhookBody(value: unknown): WebhookBody {
@@ -67,13 +53,4 @@ export function parseWebhookBody(value: unknown): WebhookBody {
     throw new PayloadError(`record: is null: an ${body.type} must carry the lesson_progress row as record`, 422);
   }
   return body;
-}
-
-/** Reads the body with a size limit (Netlify buffers up to 6 MB; ours are ~1 KB). */
-export async function readBody(req: Request, limitBytes: number): Promise<string> {
-  const declared = Number(req.headers.get('content-length'));
-  if (Number.isFinite(declared) && declared > limitBytes) throw new PayloadError(`body larger than ${limitBytes} bytes`, 413);
-  const text = await req.text();
-  if (Buffer.byteLength(text) > limitBytes) throw new PayloadError(`body larger than ${limitBytes} bytes`, 413);
-  return text;
 }

@@ -1,8 +1,8 @@
 // POST /.netlify/functions/amocrm-drain-background — the drainer, woken by the webhook or
 // the scheduled run when they see a backlog. Netlify answers the caller 202 at once and
 // lets this run for up to 15 minutes.
-import { runDrain } from '../sync/drain.ts';
-import { verifyWebhook } from '../webhook/verify.ts';
+import { runDrain } from '../sync/drainer.ts';
+import { verifyWebhook } from '../lesson-webhook/verify.ts';
 import { endpoint } from './handler.ts';
 import { json } from './respond.ts';
 

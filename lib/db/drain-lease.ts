@@ -1,6 +1,7 @@
-// The drain lease (amocrm.drainer) and the look-ahead jobs: who works the queue at the
-// shared rate, and the sign-up jobs that find deals ahead of time. The only module that
-// names these database functions (supabase/migrations/20261208000300_amocrm_drain.sql).
+// The drain lease (amocrm.drainer): who works the queue at the shared rate, how a lesson
+// event is handed to a drainer that holds it, and who rings one. The only module that names
+// these database functions (supabase/migrations/20261208000300_amocrm_drain.sql); the
+// drainer itself is lib/sync/drainer.ts, the look-ahead jobs lookahead-jobs.ts.
 import type { Db } from './port.ts';
 
 export const DRAIN_LEASE_SECONDS = 60;
@@ -38,24 +39,3 @@ export const ringFailed = async (db: Db): Promise<void> => {
 /** true for exactly one caller per interval, and only when no drainer holds the lease. */
 export const requestDrain = async (db: Db, minIntervalMs = 5000): Promise<boolean> =>
   (await db.rpc<{ wake: boolean }>('amocrm_request_drain', { p_min_interval_ms: minIntervalMs })).wake;
-
-export interface LookaheadJob {
-  user_id: string;
-  email: string | null;
-  attempts: number;
-}
-
-export const claimLookahead = (db: Db, holder: string, limit: number) =>
-  db.rpc<LookaheadJob[]>('amocrm_claim_lookahead', { p_holder: holder, p_limit: limit, p_lease_seconds: DRAIN_LEASE_SECONDS });
-
-export type LookaheadOutcome = 'found' | 'no_deal' | 'failed' | 'retry';
-
-export async function finishLookahead(
-  db: Db, userId: string, holder: string, outcome: LookaheadOutcome,
-  f: { leadId?: number; contactId?: number; code?: string; retryInMs?: number } = {},
-): Promise<void> {
-  await db.rpc('amocrm_finish_lookahead', {
-    p_user_id: userId, p_holder: holder, p_outcome: outcome, p_lead_id: f.leadId, p_contact_id: f.contactId,
-    p_error_code: f.code, p_retry_in_ms: f.retryInMs === undefined ? undefined : Math.round(f.retryInMs),
-  });
-}

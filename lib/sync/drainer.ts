@@ -4,11 +4,11 @@
 // scheduled run runs it within its 30 s. A drainer that runs out of time wakes its
 // successor; one that is killed is replaced once its lease expires (whoever next sees a
 // backlog wakes one).
-import { beginDrain, endDrain, releaseDrain, renewDrain, requestDrain, ringFailed } from '../db/drain.ts';
+import { beginDrain, endDrain, releaseDrain, renewDrain, requestDrain, ringFailed } from '../db/drain-lease.ts';
 import { claimDue } from '../db/outbox.ts';
 import { patientDb } from '../db/patient.ts';
 import { buildRuntime, type Runtime } from '../runtime.ts';
-import type { OutcomeStatus } from './deps.ts';
+import type { OutcomeStatus } from './outcome.ts';
 import { runLookahead } from './lookahead.ts';
 import { processEvents } from './steps.ts';
 import { errorText } from '../log.ts';

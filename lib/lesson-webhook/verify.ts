@@ -4,7 +4,8 @@
 //     id.timestamp.body>" (what our trigger sends, signed in SQL with pgcrypto);
 //   - static: an x-webhook-secret header equal to the secret (what a webhook created in
 //     the Supabase dashboard can send), compared in constant time.
-import { createHmac, timingSafeEqual, createHash } from 'node:crypto';
+import { createHmac } from 'node:crypto';
+import { safeEqual } from '../safe-equal.ts';
 
 export class WebhookVerificationError extends Error {
   override readonly name = 'WebhookVerificationError';
@@ -18,11 +19,6 @@ function secretKey(secret: string): Buffer {
 
 export function sign(secret: string, id: string, timestamp: string, body: string): string {
   return `v1,${createHmac('sha256', secretKey(secret)).update(`${id}.${timestamp}.${body}`).digest('base64')}`;
-}
-
-// Hashing both sides first makes the comparison constant-time regardless of length.
-export function safeEqual(a: string, b: string): boolean {
-  return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
 }
 
 export function verifyWebhook(headers: Headers, body: string, secret: string, nowSec: number): void {
@@ -47,12 +43,4 @@ export function verifyWebhook(headers: Headers, body: string, secret: string, no
     return;
   }
   throw new WebhookVerificationError('missing webhook-signature (or x-webhook-secret) header');
-}
-
-/** Bearer check for the operator endpoints (replay, status), constant-time. */
-export function bearerMatches(headers: Headers, token: string | undefined): boolean {
-  const auth = headers.get('authorization') ?? '';
-  const offered = /^Bearer\s+(.+)$/i.exec(auth)?.[1]?.trim();
-  if (!token || !offered) return false;
-  return safeEqual(offered, token);
 }

@@ -1,7 +1,8 @@
-// amoCRM's account webhooks as the sync reads them: a form body with bracketed keys in
-// the old v2 field names (leads[status][0][status_id]=…, account[subdomain]=…), parsed
-// with qs into objects and validated with zod into typed lead changes. Unsigned: the
-// endpoint's URL secret and the account check are the authentication (http/crm-events.ts).
+// amoCRM's account webhooks as the sync reads them (the stand-in writes the same form in
+// dev/amocrm-standin/hookform.ts): a form body with bracketed keys in the old v2 field
+// names (leads[status][0][status_id]=…, account[subdomain]=…), parsed with qs into objects
+// and validated with zod into typed lead changes. Unsigned: the endpoint's URL secret and
+// the account check are the authentication (http/crm-events.ts).
 import qs from 'qs';
 import { z } from 'zod';
 

@@ -4,7 +4,7 @@
 import { AmoError } from '../amocrm/errors.ts';
 import type { AmoResources } from '../amocrm/resources.ts';
 import { jwtExpiry } from '../jwt.ts';
-import { storeTokens } from '../db/tokens.ts';
+import { storeTokens } from '../db/token-store.ts';
 import type { Runtime } from '../runtime.ts';
 import { failed, finish, type CommandContext, type CommandResult } from './command.ts';
 import { failureLines } from './failure.ts';

@@ -4,8 +4,8 @@
 // stored (compare-and-swap on version) the moment amoCRM returns it.
 import type { Clock } from '../clock.ts';
 import type { Db } from '../db/port.ts';
-import * as store from '../db/tokens.ts';
-import type { StoredTokens } from '../db/tokens.ts';
+import * as store from '../db/token-store.ts';
+import type { StoredTokens } from '../db/token-store.ts';
 import type { Logger } from '../log.ts';
 import { jwtExpiry } from '../jwt.ts';
 import { AmoError, needsOperator, retryable } from './errors.ts';
