@@ -27,13 +27,15 @@ export interface WarmAgent {
   sending(): void;
 }
 
+type Spare = { socket: net.Socket; timer: NodeJS.Timeout };
+interface Target { host: string; port: number; secure: boolean }
+
 export function warmAgent(baseUrl: string): WarmAgent {
   const url = new URL(baseUrl);
   const secure = url.protocol === 'https:';
-  const host = url.hostname;
-  const port = Number(url.port || (secure ? 443 : 80));
+  const target: Target = { host: url.hostname, port: Number(url.port || (secure ? 443 : 80)), secure };
   const agent = secure ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
-  const spare: { socket: net.Socket; timer: NodeJS.Timeout }[] = [];
+  const spare: Spare[] = [];
   // Connections promised to requests on their way to a slot (their expiry times, in order):
   // each such request has its own, kept-alive or opened for it.
   const promised: number[] = [];
@@ -51,41 +53,45 @@ export function warmAgent(baseUrl: string): WarmAgent {
 
   const idleSockets = () => Object.values(agent.freeSockets).reduce((n, list) => n + (list?.length ?? 0), 0);
 
-  function open(): Promise<void> {
-    return new Promise((resolve) => {
-      const socket: net.Socket = secure
-        ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] })
-        : net.connect({ host, port });
-      const done = () => {
-        socket.on('error', () => socket.destroy()); // a spare that breaks is simply not used
-        const timer = setTimeout(() => {
-          const i = spare.findIndex((s) => s.socket === socket);
-          if (i >= 0) spare.splice(i, 1);
-          socket.destroy();
-        }, SPARE_IDLE_MS);
-        timer.unref();
-        socket.unref();
-        spare.push({ socket, timer });
-        resolve();
-      };
-      // A connection that cannot be opened now is the request's to report: it dials itself.
-      const failed = () => { socket.destroy(); resolve(); };
-      socket.once(secure ? 'secureConnect' : 'connect', () => { clearTimeout(giveUp); done(); });
-      socket.once('error', () => { clearTimeout(giveUp); failed(); });
-      const giveUp = setTimeout(failed, OPEN_TIMEOUT_MS);
-    });
-  }
-
   return {
     agent,
     async ready() {
       const now = Date.now();
       while (promised.length && promised[0]! < now) promised.shift();
-      if (idleSockets() + spare.length <= promised.length) await open();
+      if (idleSockets() + spare.length <= promised.length) await openSpare(target, spare);
       promised.push(Date.now() + PROMISE_MS);
     },
     sending() {
       promised.shift();
     },
   };
+}
+
+/**
+ * Opens a connection ahead of a request and keeps it in `spare` for SPARE_IDLE_MS; resolves
+ * either way.
+ */
+function openSpare({ host, port, secure }: Target, spare: Spare[]): Promise<void> {
+  return new Promise((resolve) => {
+    const socket: net.Socket = secure
+      ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host, ALPNProtocols: ['http/1.1'] })
+      : net.connect({ host, port });
+    const done = () => {
+      socket.on('error', () => socket.destroy()); // a spare that breaks is simply not used
+      const timer = setTimeout(() => {
+        const i = spare.findIndex((s) => s.socket === socket);
+        if (i >= 0) spare.splice(i, 1);
+        socket.destroy();
+      }, SPARE_IDLE_MS);
+      timer.unref();
+      socket.unref();
+      spare.push({ socket, timer });
+      resolve();
+    };
+    // A connection that cannot be opened now is the request's to report: it dials itself.
+    const failed = () => { socket.destroy(); resolve(); };
+    socket.once(secure ? 'secureConnect' : 'connect', () => { clearTimeout(giveUp); done(); });
+    socket.once('error', () => { clearTimeout(giveUp); failed(); });
+    const giveUp = setTimeout(failed, OPEN_TIMEOUT_MS);
+  });
 }

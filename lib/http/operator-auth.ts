@@ -11,11 +11,17 @@ export function bearerMatches(headers: Headers, token: string | undefined): bool
   return safeEqual(offered, token);
 }
 
-function basicMatches(headers: Headers, token: string): boolean {
+/** The user name and password of HTTP Basic auth, unchecked; undefined without Basic. */
+export function basicCredentials(headers: Headers): { user: string; password: string } | undefined {
   const encoded = /^Basic\s+(.+)$/i.exec(headers.get('authorization') ?? '')?.[1];
-  if (!encoded) return false;
-  const password = Buffer.from(encoded, 'base64').toString('utf8').split(':').slice(1).join(':');
-  return safeEqual(password, token);
+  if (!encoded) return undefined;
+  const [user = '', ...rest] = Buffer.from(encoded, 'base64').toString('utf8').split(':');
+  return { user, password: rest.join(':') };
+}
+
+function basicMatches(headers: Headers, token: string): boolean {
+  const credentials = basicCredentials(headers);
+  return credentials !== undefined && safeEqual(credentials.password, token);
 }
 
 /**

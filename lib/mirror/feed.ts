@@ -12,6 +12,7 @@ import type { LeadChange } from '../amocrm/hook-form.ts';
 import type { AmoEvent } from '../amocrm/resources.ts';
 import { applyChanges, getFeedState, putFeedState, type FeedState } from '../db/deal-mirror.ts';
 import type { Runtime } from '../runtime.ts';
+import type { Logger } from '../log.ts';
 import { logChanges } from './apply.ts';
 
 /** A new window starts this far before the last one ended: events are stamped when they happen, not when the feed shows them. */
@@ -91,15 +92,21 @@ export async function reconcileFeed(rt: Runtime, { maxPages = 50, budgetMs = 15_
   }
   report.window.nextPage = complete ? null : page;
   report.lagSeconds = saved?.lag_seconds ?? report.lagSeconds;
-  const fields = { pages: report.pages, read: report.read, from: window.from, to: window.to, lag_s: report.lagSeconds };
-  if (!complete) {
+  logFeed(log, report, resumed);
+  return report;
+}
+
+/** A window left unread is a warning; one finished by a later run, good news. */
+function logFeed(log: Logger, report: FeedReport, resumed: boolean): void {
+  const { from, to, nextPage } = report.window;
+  const fields = { pages: report.pages, read: report.read, from, to, lag_s: report.lagSeconds };
+  if (nextPage !== null) {
     log.warn(report.pages
       ? 'Лента событий amoCRM прочитана не до конца: следующий плановый запуск продолжит с той же страницы'
-      : 'Лента событий amoCRM не прочитана: следующий плановый запуск повторит', { code: report.stoppedBy, next_page: page, ...fields });
+      : 'Лента событий amoCRM не прочитана: следующий плановый запуск повторит', { code: report.stoppedBy, next_page: nextPage, ...fields });
   } else if (resumed) {
     log.ok('Лента событий amoCRM дочитана: пропущенные хуками изменения догнаны', fields);
   }
-  return report;
 }
 
 /**

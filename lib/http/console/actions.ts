@@ -6,6 +6,7 @@ import type { Fields } from '../../log.ts';
 import type { Runtime } from '../../runtime.ts';
 import { replayRequestSchema, runReplay, type ReplayResult } from '../../sync/replay.ts';
 import { parseJson, PayloadError, readBody } from '../body.ts';
+import { basicCredentials } from '../operator-auth.ts';
 import { ConsoleInputError, toIso } from './query.ts';
 import type { RenderContext, Rendered } from './render.ts';
 import { crossOriginRefusal } from './security.ts';
@@ -13,10 +14,9 @@ import { dryRunView, problemView, replayResultView, resumeResultView } from './v
 
 /** The Basic auth user name the operator typed (any name is accepted), for the log line. */
 function operatorName(req: Request): string | undefined {
-  const encoded = /^Basic\s+(.+)$/i.exec(req.headers.get('authorization') ?? '')?.[1];
-  if (!encoded) return /^Bearer\s/i.test(req.headers.get('authorization') ?? '') ? 'bearer' : undefined;
-  const name = Buffer.from(encoded, 'base64').toString('utf8').split(':')[0]!.replace(/[^\p{L}\p{N}._@-]/gu, '').slice(0, 40);
-  return name || 'basic';
+  const credentials = basicCredentials(req.headers);
+  if (!credentials) return /^Bearer\s/i.test(req.headers.get('authorization') ?? '') ? 'bearer' : undefined;
+  return credentials.user.replace(/[^\p{L}\p{N}._@-]/gu, '').slice(0, 40) || 'basic';
 }
 
 /** A form's fields as replay takes them; a browser's first POST is always a dry run. */
