@@ -58,7 +58,6 @@ export const PAGE_LIMIT = 250;
 /** A contact search stops after this many pages (1,000 contacts): the result then says it is incomplete. */
 export const MAX_CONTACT_PAGES = 4;
 export const MAX_BATCH_MOVES = 50;
-export const MAX_BATCH_READS = PAGE_LIMIT;
 
 export interface ContactSearch {
   contacts: Contact[];

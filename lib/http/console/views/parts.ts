@@ -57,5 +57,3 @@ ${o.replayForm ? html`<td><input type="checkbox" name="ids" value="${e.id}" form
 <thead><tr>${o.replayForm ? trusted('<th><span class="muted">✓</span></th>') : ''}<th class="n">№</th><th>статус</th><th>e-mail</th><th class="n">урок</th><th class="n">попыток</th><th>код</th><th>причина</th><th>сделка</th><th>обновлено</th></tr></thead>
 <tbody>${rows}</tbody></table></div>`;
 }
-
-export const errorNote = (message: string) => html`<p class="note error" role="alert">${message}</p>`;
