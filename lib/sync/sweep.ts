@@ -11,6 +11,8 @@ import type { OutcomeStatus } from './outcome.ts';
 import { applyPendingDeliveries } from '../mirror/apply.ts';
 import { reconcileFeed } from '../mirror/feed.ts';
 import { runDrain } from './drainer.ts';
+import { checkAlerts } from '../alerts/index.ts';
+import { runRetention, type RetentionReport } from './retention.ts';
 
 export interface SweepOptions {
   /** Netlify stops a scheduled function at 30 s; stop starting work well before. */
@@ -39,6 +41,8 @@ export interface SweepReport {
   /** The reverse direction (only when AMOCRM_HOOK_SECRET is set): hook deliveries applied, feed changes filled in. */
   hooksApplied: number;
   feedChanged: number;
+  /** Retention (lib/sync/retention.ts): only when the lesson events left the queue empty and time is left. */
+  retention?: RetentionReport;
   elapsedMs: number;
 }
 
@@ -79,6 +83,9 @@ export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise
       }
     }
   }
+  // Retention last, never ahead of lesson events: only when the drain emptied the queue.
+  if (drained.stoppedBy === 'empty' && left() > 1_500) report.retention = await runRetention(rt, { budgetMs: left() - 1_000 });
+  await checkAlerts(rt); // last: tells the team what this run saw (never throws)
   report.elapsedMs = clock.now() - started;
   return report;
 }
