@@ -11,9 +11,11 @@
 --                                      keeps what the mirror and the history need
 --                                      (request_id, status, changes' ids and times).
 --   retention_flagged_body_days    30  the same for flagged deliveries (kept longer for an operator).
---   retention_deliveries_days      90  crm_deliveries rows applied/ignored/flagged removed:
---                                      amoCRM retries a hook within a day, so request_id has
---                                      long stopped mattering. Pending ones are never removed.
+--   retention_deliveries_days      30  crm_deliveries rows applied/ignored removed (flagged:
+--                                      30 days after their body, 60 at the defaults); never
+--                                      within 7 days: amoCRM retries a hook within a day, so
+--                                      request_id has long stopped mattering. Pending ones
+--                                      are never removed.
 --   retention_attempts_days        90  event_attempts of done/skipped events, once the
 --                                      hour is counted in amocrm.console_rollup (the
 --                                      console's 90-day views read it there).
@@ -34,7 +36,7 @@
 insert into amocrm.system_settings (key, value)
 values ('retention_delivery_body_days', '7'::jsonb),
        ('retention_flagged_body_days', '30'::jsonb),
-       ('retention_deliveries_days', '90'::jsonb),
+       ('retention_deliveries_days', '30'::jsonb),
        ('retention_attempts_days', '90'::jsonb),
        ('retention_events_days', '90'::jsonb),
        ('retention_history_days', '0'::jsonb),
@@ -89,7 +91,7 @@ declare
   v_batch    integer := greatest(1, least(5000, coalesce(p_batch, amocrm.retention_setting('retention_batch_rows', 500))));
   v_body     integer := amocrm.retention_setting('retention_delivery_body_days', 7);
   v_flagged  integer := amocrm.retention_setting('retention_flagged_body_days', 30);
-  v_rows     integer := amocrm.retention_setting('retention_deliveries_days', 90);
+  v_rows     integer := amocrm.retention_setting('retention_deliveries_days', 30);
   v_attempts integer := amocrm.retention_setting('retention_attempts_days', 90);
   v_events   integer := amocrm.retention_setting('retention_events_days', 90);
   v_history  integer := amocrm.retention_setting('retention_history_days', 0);
@@ -115,13 +117,14 @@ begin
   get diagnostics v_n = row_count;
   v_out := v_out || jsonb_build_object('deliveries_reduced', v_n);
 
-  -- Delivery rows: never pending; at least a week (amoCRM's retries of one request_id).
+  -- Delivery rows: never pending; at least a week (amoCRM's retries of one request_id);
+  -- a flagged one 30 days after its body.
   v_n := 0;
   if v_rows > 0 then
     with d as (
       select x.id from amocrm.crm_deliveries x
-       where x.status in ('applied', 'ignored', 'flagged')
-         and x.received_at < now() - make_interval(days => greatest(v_rows, 7))
+       where ((x.status in ('applied', 'ignored') and x.received_at < now() - make_interval(days => greatest(v_rows, 7)))
+           or (x.status = 'flagged' and x.received_at < now() - make_interval(days => greatest(v_rows, v_flagged + 30, 7))))
        order by x.id limit v_batch for update skip locked)
     delete from amocrm.crm_deliveries c using d where c.id = d.id;
     get diagnostics v_n = row_count;

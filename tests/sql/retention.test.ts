@@ -47,13 +47,14 @@ async function event(status: string, ageDays: number, attempts: number[] = []): 
 const attemptsOf = async (id: number) => Number((await t.sql('select count(*)::int as n from amocrm.event_attempts where event_id = $1', [id]))[0]!.n);
 
 describe('raw hook bodies and delivery rows', () => {
-  it('empties bodies after 7 days (flagged: 30), drops the deal name, keeps the request_id; removes rows after 90; never a pending one', async () => {
+  it('empties bodies after 7 days (flagged: 30), drops the deal name, keeps the request_id; removes rows after 30 (flagged: 60); never a pending one', async () => {
     const fresh = await delivery('r-fresh', 'applied', 1);
     const week = await delivery('r-week', 'applied', 8);
     const ignored = await delivery('r-ignored', 'ignored', 8);
     const flaggedWeek = await delivery('r-flagged-8', 'flagged', 8);
     const flaggedMonth = await delivery('r-flagged-31', 'flagged', 31);
-    const old = await delivery('r-old', 'applied', 91);
+    const old = await delivery('r-old', 'applied', 31);
+    const flaggedOld = await delivery('r-flagged-61', 'flagged', 61);
     const pendingOld = await delivery('r-pending', 'pending', 200);
 
     const report = await drain();
@@ -70,6 +71,7 @@ describe('raw hook bodies and delivery rows', () => {
       expect(row.body_bytes).toBeGreaterThan(0);
     }
     expect(await deliveryRow(old)).toBeUndefined();
+    expect(await deliveryRow(flaggedOld)).toBeUndefined(); // 30 days after its body
     expect((await deliveryRow(pendingOld))!.body).toBe(BODY); // the applier still needs it
   });
 
@@ -87,7 +89,7 @@ describe('raw hook bodies and delivery rows', () => {
     const id = await delivery('r-six-days', 'applied', 6);
     await drain();
     expect(await deliveryRow(id)).toBeDefined();
-    await deleteSetting(t, 'retention_deliveries_days'); // missing: the default (90)
+    await deleteSetting(t, 'retention_deliveries_days'); // missing: the default (30)
     const old = await delivery('r-default', 'applied', 95);
     await drain();
     expect(await deliveryRow(old)).toBeUndefined();
