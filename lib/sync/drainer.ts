@@ -15,6 +15,11 @@ import { errorText } from '../log.ts';
 
 /** How often a lingering drainer looks again. */
 const IDLE_POLL_MS = 1_000;
+/**
+ * Look-ahead jobs given back for want of a spare slot are asked for again this much later
+ * (about one slot at 6/s): lesson events first, then the jobs with the next spare slot.
+ */
+const SPARE_RETRY_MS = 170;
 
 export interface DrainOptions {
   /** Stop starting batches after this long (Netlify: 15 min background, 30 s scheduled). */
@@ -82,8 +87,14 @@ export async function runDrain(rt: Runtime, options: DrainOptions): Promise<Drai
       if (lookahead) {
         const jobs = await runLookahead(rt);
         report.lookaheadFound += jobs.found;
-        // Keep going while jobs move; stop when none are due or capacity is short.
+        // Keep going while jobs move.
         if (jobs.claimed && jobs.later < jobs.claimed) continue;
+        // Jobs that only wait for a spare slot are work left, not an empty queue: ask again
+        // a slot later (lesson events first). Out of budget, the lease is handed on below.
+        if (jobs.waitingForSlot) {
+          await clock.sleep(SPARE_RETRY_MS);
+          continue;
+        }
       }
       // Nothing due now. Events given back for a slot or a pause are due again in a moment:
       // wait for them rather than leave them to the next scheduled run.
