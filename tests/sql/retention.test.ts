@@ -2,12 +2,13 @@
 // each rule removes or reduces what it should, and nothing that exactly-once (a retried
 // hook's request_id, a completion's event row, the stage history's duplicate check) or a
 // replay (dead/failed/parked events and their attempts) still needs goes early.
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { retentionBatch } from '../../lib/db/retention.ts';
 import { runRetention } from '../../lib/sync/retention.ts';
 import { memoryLogger } from '../../lib/log.ts';
 import type { Runtime } from '../../lib/runtime.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { createTestDatabase, usingPostgres, type TestDatabase } from '../helpers/db.ts';
 import { completeLesson, createUser, deleteSetting, setSetting, uniqueEmail } from './support.ts';
 
 let t: TestDatabase;
@@ -183,4 +184,30 @@ describe('the worker', () => {
     expect(log.lines).toEqual([]);
   });
 
+});
+
+describe.runIf(usingPostgres)('never a long lock (PostgreSQL)', () => {
+  it('rows another transaction holds are skipped, not waited for, and taken by a later run', async () => {
+    const held = await delivery('r-held', 'applied', 40);
+    const free = await delivery('r-free', 'applied', 40);
+    const [{ db }] = (await t.sql('select current_database() as db')) as [{ db: string }];
+    const url = new URL(process.env.DATABASE_URL!);
+    url.pathname = `/${db}`;
+    const other = new pg.Client({ connectionString: url.toString() });
+    await other.connect();
+    try {
+      await other.query('begin');
+      await other.query('select id from amocrm.crm_deliveries where id = $1 for update', [held]);
+      const started = Date.now();
+      await drain();
+      expect(Date.now() - started).toBeLessThan(5_000);
+      expect(await deliveryRow(free)).toBeUndefined();
+      expect((await deliveryRow(held))!.body).toBe(BODY);
+      await other.query('commit');
+      await drain();
+      expect(await deliveryRow(held)).toBeUndefined();
+    } finally {
+      await other.end();
+    }
+  });
 });
