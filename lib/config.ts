@@ -52,6 +52,13 @@ export const envSchema = z
     /** Netlify sets the site's main URL in every function's environment. Not ours, so never an error. */
     URL: z.string().optional().catch(undefined),
 
+    /** Alerts (docs/operations.md, "Alerts"): a Telegram bot and chat, and/or a plain JSON webhook. */
+    AMOCRM_ALERT_TELEGRAM_BOT_TOKEN: z.string().trim().regex(/^\d{3,}:[A-Za-z0-9_-]{20,}$/, 'a bot token from @BotFather: <digits>:<35 letters>').optional(),
+    AMOCRM_ALERT_TELEGRAM_CHAT_ID: z.string().trim().regex(/^(-?\d{1,20}|@[A-Za-z0-9_]{5,})$/, 'a numeric chat id (a group: -100…) or @channelname').optional(),
+    /** The Bot API's address (default https://api.telegram.org): the local stand-in. */
+    AMOCRM_ALERT_TELEGRAM_API: z.url().optional(),
+    AMOCRM_ALERT_WEBHOOK_URL: z.url().refine((u) => /^https?:\/\//i.test(u), 'an http(s) URL').optional(),
+
     AMOCRM_MAX_RPS: z.coerce.number().positive().max(7).default(6),
     AMOCRM_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(8),
     AMOCRM_TIMEOUT_MS: z.coerce.number().int().min(1000).max(60000).default(10000),
@@ -80,6 +87,8 @@ export interface Config {
   /** The background drainer's address (absent: nobody is woken; the scheduled run drains). */
   drainUrl?: string;
   supabase?: { url: string; serviceRoleKey: string };
+  /** Where alerts go (lib/alerts/); absent: no alerts. */
+  alerts?: { telegram?: { botToken: string; chatId: string; apiBase?: string }; webhookUrl?: string };
 }
 
 /** Thrown for a missing or malformed variable; lists every problem, never a value. */
@@ -188,6 +197,10 @@ function crossProblems(source: Source, v: Partial<Env>, known: ConfigProblem[]):
   if (stages.every((s) => s !== undefined) && new Set(stages).size !== stages.length) {
     out.push(problem('AMOCRM_STAGE_LESSON_1', 'the three lesson stages must be different stage ids', false));
   }
+  const alertPair = ['AMOCRM_ALERT_TELEGRAM_BOT_TOKEN', 'AMOCRM_ALERT_TELEGRAM_CHAT_ID'] as const;
+  for (const [have, need] of [alertPair, [alertPair[1], alertPair[0]]] as const) {
+    if (v[have] && !v[need] && open(need)) out.push(problem(need, `required with ${have} (Telegram alerts need both)`, isBlank(source[need])));
+  }
   return out;
 }
 
@@ -225,7 +238,15 @@ function buildConfig(env: Env, derived: Derived): Config {
     drainUrl: derived.drainUrl,
     hooks: { secret: env.AMOCRM_HOOK_SECRET, subdomain: env.AMOCRM_SUBDOMAIN?.toLowerCase(), accountId: env.AMOCRM_ACCOUNT_ID },
     supabase: derived.supabaseUrl && serviceRoleKey ? { url: derived.supabaseUrl, serviceRoleKey } : undefined,
+    alerts: alertsConfig(env),
   };
+}
+
+function alertsConfig(env: Env): Config['alerts'] {
+  const telegram = env.AMOCRM_ALERT_TELEGRAM_BOT_TOKEN && env.AMOCRM_ALERT_TELEGRAM_CHAT_ID
+    ? { botToken: env.AMOCRM_ALERT_TELEGRAM_BOT_TOKEN, chatId: env.AMOCRM_ALERT_TELEGRAM_CHAT_ID, apiBase: env.AMOCRM_ALERT_TELEGRAM_API }
+    : undefined;
+  return telegram || env.AMOCRM_ALERT_WEBHOOK_URL ? { telegram, webhookUrl: env.AMOCRM_ALERT_WEBHOOK_URL } : undefined;
 }
 
 /** How the deployed functions reach the database: the Data API URL and the service-role key. */
@@ -283,4 +304,8 @@ const HINTS: Record<string, string> = {
   AMOCRM_STAGE_LESSON_3: 'npm run amocrm -- pipelines lists the stage ids',
   AMOCRM_WEBHOOK_SECRET: "generate one (node -e \"console.log('whsec_'+require('crypto').randomBytes(24).toString('base64'))\") and store the same value as webhook_secret in amocrm.system_settings",
   AMOCRM_REPLAY_TOKEN: 'generate one: openssl rand -hex 32',
+  AMOCRM_ALERT_TELEGRAM_BOT_TOKEN: 'create a bot with @BotFather in Telegram and copy its token',
+  AMOCRM_ALERT_TELEGRAM_CHAT_ID: 'add the bot to the team chat, send it a message, and read chat.id from https://api.telegram.org/bot<token>/getUpdates',
+  AMOCRM_ALERT_TELEGRAM_API: 'leave it unset (https://api.telegram.org); only the local stand-in sets it',
+  AMOCRM_ALERT_WEBHOOK_URL: 'the receiver\'s https:// URL (a Slack incoming webhook, or any endpoint taking JSON)',
 };

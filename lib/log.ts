@@ -19,6 +19,7 @@ const SECRET_PATTERNS: RegExp[] = [
   /\bwhsec_[A-Za-z0-9+/=]+/g, // webhook secrets
   /\bBearer\s+[^\s"',}]+/gi, // Authorization header values
   /\b(standin-(?:at|rt)-)[0-9a-f]+/g, // the local stand-in's tokens
+  /\b\d{6,}:[A-Za-z0-9_-]{30,}/g, // Telegram bot tokens (alerts)
 ];
 
 export function redact(text: string): string {
