@@ -41,5 +41,5 @@ export interface AlertTransition {
 export const alertFacts = (db: Db) => db.rpc<AlertFacts>('amocrm_alert_facts');
 
 export async function alertTransitions(db: Db, active: ActiveCondition[]): Promise<AlertTransition[]> {
-  return (await db.rpc<{ alerts: AlertTransition[] }>('amocrm_alert_transitions', { p_active: active })).alerts;
+  return (await db.rpc<{ alerts: AlertTransition[] }>('amocrm_alert_transitions', { p_active: active.length ? active : null })).alerts;
 }

@@ -74,7 +74,7 @@ language sql stable security definer set search_path = '' as $$
     'dead', jsonb_build_object('count', d.n, 'students', d.students, 'since', d.since),
     'tokens', (select jsonb_build_object('auth_state', coalesce(t.auth_state, 'ok'), 'auth_problem', t.auth_problem, 'updated_at', t.updated_at) from tok t),
     'drainer', (select jsonb_build_object('started_at', r.started_at, 'last_woken_at', r.last_woken_at, 'ring_failed_at', r.ring_failed_at,
-                                          'held', coalesce(r.lease_until > now(), false))) from amocrm.drainer r where r.key = 'drain'),
+                                          'held', coalesce(r.lease_until > now(), false)) from amocrm.drainer r where r.key = 'drain'),
     'feed_lag_seconds', (select f.lag_seconds from feed f),
     'hook', (select jsonb_build_object('last_delivery_at', h.last_delivery_at, 'feed_changes', h.feed_changes) from hook h),
     'database_bytes', pg_database_size(current_database()),
