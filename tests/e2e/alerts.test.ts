@@ -6,6 +6,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { checkAlerts } from '../../lib/alerts/index.ts';
+import { formatCheck, runDoctor } from '../../lib/ops/doctor/index.ts';
 import { buildRuntime, type Runtime } from '../../lib/runtime.ts';
 import { runSweep } from '../../lib/sync/sweep.ts';
 import { startTelegramStandin, type TelegramStandin } from '../../dev/telegram-standin.ts';
@@ -203,5 +204,25 @@ describe(`alerts (${usingPostgres ? 'PostgreSQL' : 'PGlite'})`, () => {
     const from = s.log.lines.length;
     expect(await checkAlerts(rt)).toEqual({ sent: [], failedChannels: [] });
     expect(s.log.lines.slice(from)).toEqual([expect.stringMatching(/^⚠️ \[AmoCRM\] Оповещения не проверены/)]);
+  });
+
+  it('the doctor: one line per channel; --alert-test sends each a test message, a wrong token is ❌ without the token', async () => {
+    const lines = async (env: Record<string, string>, alertTest: boolean) =>
+      (await runDoctor({ env, db: s.t.db, alertTest })).filter((r) => r.check.startsWith('alerts')).map(formatCheck);
+    expect(await lines(s.env, false)).toEqual([
+      expect.stringMatching(/^✅ alerts: Telegram: set: chat -1001234567890 via 127\.0\.0\.1:\d+ \(npm run doctor -- --alert-test/),
+      expect.stringMatching(/^✅ alerts: webhook: set: POST to 127\.0\.0\.1:\d+/),
+    ]);
+    expect(tg.messages).toHaveLength(0);
+    expect(await lines(s.env, true)).toEqual([
+      expect.stringMatching(/^✅ alerts: Telegram: test message delivered to chat -1001234567890/),
+      expect.stringMatching(/^✅ alerts: webhook: test message delivered/),
+    ]);
+    expect(texts()).toEqual([expect.stringContaining('Проверка оповещений')]);
+    expect(posted).toEqual([expect.objectContaining({ kind: 'test', state: 'test' })]);
+    const wrong = '987654321:wrong-token-abcdefghijklmnopqrstuvwxyz';
+    const bad = await lines({ ...s.env, AMOCRM_ALERT_TELEGRAM_BOT_TOKEN: wrong }, true);
+    expect(bad[0]).toMatch(/^❌ alerts: Telegram: test message not delivered to chat -1001234567890 via 127\.0\.0\.1:\d+: Telegram ответил 401: Unauthorized → 401 Unauthorized: the bot token is wrong/);
+    expect(bad.join('\n')).not.toContain('wrong-token');
   });
 });

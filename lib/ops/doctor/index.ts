@@ -10,6 +10,7 @@
 //   tokens.ts       the stored tokens
 //   amocrm.ts       the account, the pipeline, the stages
 //   hook.ts         amoCRM's hook (the reverse direction)
+//   alerts.ts       the alert channels (a test message with --alert-test)
 // A result never carries a secret: tokens, the client secret, the service key and the
 // webhook secret appear as "set"/"missing" or a length.
 import { memoryLogger } from '../../log.ts';
@@ -17,6 +18,7 @@ import type { Db } from '../../db/port.ts';
 import { buildRuntime, type Runtime } from '../../runtime.ts';
 import { EXAMPLE_SUBDOMAIN } from '../variables.ts';
 import { checkAcademy } from './academy.ts';
+import { checkAlerts } from './alerts.ts';
 import { checkAmo } from './amocrm.ts';
 import { checkEnvironment } from './environment.ts';
 import { expectedSchema } from './expected.ts';
@@ -48,6 +50,8 @@ export interface DoctorDeps {
   /** Where the migrations are (default: the repository's supabase/migrations). */
   migrationsDir?: string;
   now?: () => number;
+  /** Send each configured alert channel a test message (npm run doctor -- --alert-test). */
+  alertTest?: boolean;
 }
 
 export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
@@ -77,6 +81,8 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
   }
 
   if (!bad.has('AMOCRM_HOOK_SECRET')) await checkReverse(runtime, accountAnswered, values.AMOCRM_HOOK_SECRET, values.URL, facts, add);
+
+  await checkAlerts(config, Boolean(deps.alertTest), add);
 
   // .env.example's subdomain may well be the real account: doubt it only while amoCRM has not answered for it.
   if (values.AMOCRM_SUBDOMAIN?.toLowerCase() === EXAMPLE_SUBDOMAIN && !values.AMOCRM_BASE_URL && !accountAnswered) {
