@@ -2,6 +2,7 @@
 // Shows a student completing lessons 67, 68, 69 and the deal walking through the three
 // stages, then keeps serving so you can post your own events (see README).
 import { studentDeal, type StudentDeal } from '../lib/db/deal-mirror.ts';
+import { checkAlerts } from '../lib/alerts/index.ts';
 import { LOCAL, startEmbedded, type Embedded } from './embedded.ts';
 
 /** Ends the way every CLI here ends: one ❌ line that says what to do, exit 1. */
@@ -18,7 +19,7 @@ const portText = process.env.PORT?.trim() || '8888';
 const port = Number(portText);
 if (!/^\d+$/.test(portText) || port > 65535) fail(`PORT=${portText} is not a port number (0–65535) → PORT=8890 npm start`);
 const t0 = Date.now();
-const app: Embedded = await startEmbedded({ port, expiredToken: true }).catch((err: NodeJS.ErrnoException) => {
+const app: Embedded = await startEmbedded({ port, expiredToken: true, alerts: true }).catch((err: NodeJS.ErrnoException) => {
   if (err?.code === 'EADDRINUSE') fail(`port ${port} is busy (another npm start, or netlify dev?) → stop it, or choose another port: PORT=${port + 1} npm start`);
   if (err?.code === 'EACCES') fail(`port ${port} needs privileges here → choose a port above 1023: PORT=8888 npm start`);
   fail(`the embedded stack did not start: ${err?.message ?? err}${process.env.DEBUG ? '' : ' (DEBUG=1 shows the stack trace)'}`, err);
@@ -54,6 +55,16 @@ app.amo.managerWin(student.leadId);
 await app.amo.hooksSettled();
 const deal = await waitForDeal(student.userId, 142);
 console.log(`   платформа знает: сделка ${deal.lead_id} закрыта как «${deal.closed === 'won' ? 'успешно' : deal.closed}» (amocrm_student_deal), изменение в amocrm.deal_changes`);
+
+// Alerts: the token chain breaks (as when amoCRM refuses the refresh token); the next
+// scheduled run tells the team's Telegram chat, here the local Bot API stand-in.
+say('Оповещения: цепочка токенов «разорвана» для показа, плановый запуск проверяет условия');
+const chain = (state: string) => app.pg.query(`update amocrm.system_settings set value = value || jsonb_build_object('auth_state', $1::text) where key = 'amocrm_tokens'`, [state]);
+await chain('needs_reauth');
+await checkAlerts(app.runtime);
+console.log(`   Telegram (локально): «${app.telegram?.messages.at(-1)?.text.split('\n')[0] ?? 'ничего не пришло'}»`);
+await chain('ok');
+await checkAlerts(app.runtime); // and says it is over
 
 say(`Сервер продолжает работать. Вторая студентка (${second.userId}) ещё не начинала: её урок 67 через вебхук (формат Database Webhook Supabase):`);
 console.log(`curl -s -X POST ${app.url}/api/amocrm/lesson-completed \\
