@@ -98,7 +98,7 @@ declare
   c        jsonb;
   a        amocrm.alerts;
   v_out    jsonb := '[]'::jsonb;
-  v_keys   text[] := '{}';
+  v_keys   text[] := '{}'::text[];
   v_since  timestamptz;
 begin
   perform pg_advisory_xact_lock(hashtextextended('amocrm.alerts', 0));
