@@ -34,13 +34,15 @@ export async function checkAlerts(rt: Runtime): Promise<AlertsReport> {
   }
   const now = rt.clock.now();
   const errors = new Map<string, string>();
-  for (const t of transitions) {
-    const text = alertText(t, now);
-    const failed = await deliver(alerts!, { kind: t.key, state: t.state, text, since: t.started_at, affected: t.affected });
+  // All at once: the run's time is bounded by one channel timeout, however many alerts.
+  const delivered = await Promise.all(transitions.map((t) =>
+    deliver(alerts!, { kind: t.key, state: t.state, text: alertText(t, now), since: t.started_at, affected: t.affected })));
+  transitions.forEach((t, i) => {
+    const failed = delivered[i]!;
     for (const [channel, error] of failed) errors.set(channel, error);
     report.sent.push(t);
     rt.log.info('Оповещение отправлено', { kind: t.key, state: t.state, failed: failed.length ? failed.map(([c]) => c).join(',') : undefined });
-  }
+  });
   // One ⚠️ line per failing channel and run, however many alerts it refused.
   for (const [channel, error] of errors) rt.log.warn('Канал оповещений не принял сообщение: следующее оповещение попробует снова', { channel, error });
   report.failedChannels = [...errors.keys()];
