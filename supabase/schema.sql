@@ -15,6 +15,19 @@ grant usage on schema amocrm to service_role;
 -- Tables
 -- ======================================================================================
 
+create table amocrm.alerts (
+  key text not null,
+  started_at timestamp with time zone not null,
+  last_sent_at timestamp with time zone not null,
+  ended_at timestamp with time zone,
+  affected integer,
+  detail jsonb,
+  sent_count integer default 1 not null,
+  constraint alerts_pkey PRIMARY KEY (key)
+);
+alter table amocrm.alerts enable row level security;
+grant delete, insert, select, update on table amocrm.alerts to service_role;
+
 create table amocrm.console_rollup (
   hour timestamp with time zone not null,
   kind text not null,
@@ -481,17 +494,23 @@ AS $function$
 declare
   v_hour timestamptz;
   v_last timestamptz := least(date_trunc('hour', p_to), date_trunc('hour', now()));
+  v_pruned timestamptz := (select (s.value #>> '{}')::timestamptz from amocrm.system_settings s
+                            where s.key = 'retention_attempts_pruned_before');
+  v_keep boolean;
 begin
   for v_hour in
     select h from generate_series(date_trunc('hour', p_from), v_last - interval '1 hour', interval '1 hour') h
      where not exists (select 1 from amocrm.console_rollup_hours r where r.hour = h and not r.dirty)
   loop
+    v_keep := v_pruned is not null and v_hour < v_pruned
+              and exists (select 1 from amocrm.console_rollup_hours r where r.hour = v_hour);
     insert into amocrm.console_rollup_hours (hour, dirty, computed_at) values (v_hour, false, now())
     on conflict (hour) do update set dirty = false, computed_at = now();
-    delete from amocrm.console_rollup r where r.hour = v_hour;
+    delete from amocrm.console_rollup r where r.hour = v_hour and not (v_keep and r.kind = 'attempt');
     insert into amocrm.console_rollup (hour, kind, stage_number, key, n)
     select v_hour, c.kind, c.stage_number, c.key, c.n
-      from amocrm.console_counts(v_hour, v_hour + interval '1 hour') c where c.n > 0;
+      from amocrm.console_counts(v_hour, v_hour + interval '1 hour') c
+     where c.n > 0 and not (v_keep and c.kind = 'attempt');
   end loop;
 end $function$;
 
@@ -541,6 +560,25 @@ CREATE OR REPLACE FUNCTION amocrm.delivery_lacks_time(p_changes jsonb)
 AS $function$
   select exists (select 1 from jsonb_array_elements(p_changes) c where amocrm.change_lacks_time(c.value))
 $function$;
+
+CREATE OR REPLACE FUNCTION amocrm.drain_takes_completions()
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+begin
+  -- Nobody drains (most completions): ring, and take no lock at all.
+  if not coalesce((select d.lease_until >= now() from amocrm.drainer d where d.key = 'drain'), false) then
+    return false;
+  end if;
+  -- A drain is ending right now: ring.
+  if not pg_try_advisory_xact_lock_shared(amocrm.quiet_lock_key()) then
+    return false;
+  end if;
+  -- Read again under the lock: a drain that ended in between is seen here.
+  return coalesce((select d.lease_until >= now() from amocrm.drainer d where d.key = 'drain'), false);
+end $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.drainer_rung(d amocrm.drainer, p_woken_ms integer)
  RETURNS boolean
@@ -690,6 +728,7 @@ declare
   v_new jsonb := to_jsonb(new);
   v_old jsonb := case when tg_op = 'UPDATE' then to_jsonb(old) end;
   v_event record;
+  v_quiet boolean := false;
 begin
   if not amocrm.row_is_completed(v_new) or amocrm.row_is_completed(v_old) then
     return null;
@@ -704,6 +743,18 @@ begin
     return null;
   end;
   if v_event.created then
+    begin
+      v_quiet := amocrm.drain_takes_completions();
+      if v_quiet then
+        update amocrm.sync_events s set next_attempt_at = least(s.next_attempt_at, now())
+         where s.id = v_event.event_id and s.status = 'pending';
+      end if;
+    exception when others then
+      v_quiet := false; -- in doubt, ring
+    end;
+    if v_quiet then
+      return null;
+    end if;
     begin
       perform amocrm.ring_webhook(v_event.event_id, jsonb_build_object(
         'type', tg_op, 'table', tg_table_name, 'schema', tg_table_schema,
@@ -747,6 +798,15 @@ begin
   return null;
 end $function$;
 
+CREATE OR REPLACE FUNCTION amocrm.quiet_lock_key()
+ RETURNS bigint
+ LANGUAGE sql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+  select 7020389867052674673::bigint -- 'amocrm.q' as eight bytes: a key of its own
+$function$;
+
 CREATE OR REPLACE FUNCTION amocrm.record_event(p_user_id uuid, p_lesson_id integer, p_source text, p_progress_id text, OUT event_id bigint, OUT created boolean, OUT stage_number smallint)
  RETURNS record
  LANGUAGE plpgsql
@@ -785,6 +845,17 @@ AS $function$
     from (select s from unnest(r.recent_slots) s
            where s > p_now - interval '2 seconds' and (s <= p_now or s < r.next_free_at)
           union all select p_slot) x
+$function$;
+
+CREATE OR REPLACE FUNCTION amocrm.retention_setting(p_key text, p_default integer)
+ RETURNS integer
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+  select coalesce((select case when jsonb_typeof(s.value) = 'number' then floor((s.value)::text::numeric)::integer
+                               when jsonb_typeof(s.value) = 'string' and (s.value #>> '{}') ~ '^\d+$' then (s.value #>> '{}')::integer end
+                     from amocrm.system_settings s where s.key = p_key), p_default)
 $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.ring_webhook(p_event_id bigint, p_body jsonb)
@@ -895,6 +966,104 @@ begin
   return jsonb_build_object('became_broken', coalesce(p_needs_reauth and v_before = 'ok', false));
 end $function$;
 grant execute on function public.amocrm_abort_refresh(p_holder text, p_needs_reauth boolean, p_problem text) to service_role;
+
+CREATE OR REPLACE FUNCTION public.amocrm_alert_facts()
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+  with st as (select coalesce((select s.value from amocrm.system_settings s where s.key = 'alert_settings'), '{}'::jsonb) as v),
+  waiting as (
+    select count(*) as n, count(distinct e.user_id) as students, min(e.created_at) as oldest
+      from amocrm.sync_events e, st
+     where e.status in ('pending', 'failed', 'processing') and (e.status <> 'failed' or e.retryable)
+       and e.created_at < now() - make_interval(mins => coalesce((st.v->>'waiting_minutes')::int, 30))),
+  all_waiting as (
+    select count(distinct e.user_id) as students from amocrm.sync_events e
+     where e.status in ('pending', 'failed', 'processing', 'parked') and (e.status <> 'failed' or e.retryable)),
+  parked as (
+    select coalesce(jsonb_object_agg(p.code, jsonb_build_object('count', p.n, 'students', p.students, 'since', p.since)), '{}'::jsonb) as by_code
+      from (select coalesce(e.last_error_code, 'unknown') as code, count(*) as n, count(distinct e.user_id) as students, min(e.updated_at) as since
+              from amocrm.sync_events e where e.status = 'parked' group by 1) p),
+  dead as (
+    select count(*) as n, count(distinct e.user_id) as students, min(e.updated_at) as since
+      from amocrm.sync_events e where e.status = 'dead'),
+  tok as (
+    select s.value->>'auth_state' as auth_state, s.value->>'auth_problem' as auth_problem, s.updated_at
+      from amocrm.system_settings s where s.key = 'amocrm_tokens'),
+  feed as (
+    select greatest(0, floor(extract(epoch from now()))::bigint
+                    - coalesce((s.value->>'read_through')::bigint, (s.value->>'from')::bigint)) as lag_seconds
+      from amocrm.system_settings s where s.key = 'events_feed_window'),
+  hook as (
+    select (select max(d.received_at) from amocrm.crm_deliveries d) as last_delivery_at,
+           (select count(*) from amocrm.deal_changes c, st
+             where c.source = 'feed'
+               and c.created_at > now() - make_interval(mins => coalesce((st.v->>'hook_silent_minutes')::int, 180))) as feed_changes)
+  select jsonb_build_object(
+    'settings', st.v,
+    'waiting', jsonb_build_object('count', w.n, 'students', w.students, 'oldest', w.oldest),
+    'students_waiting', aw.students,
+    'parked', p.by_code,
+    'dead', jsonb_build_object('count', d.n, 'students', d.students, 'since', d.since),
+    'tokens', (select jsonb_build_object('auth_state', coalesce(t.auth_state, 'ok'), 'auth_problem', t.auth_problem, 'updated_at', t.updated_at) from tok t),
+    'drainer', (select jsonb_build_object('started_at', r.started_at, 'last_woken_at', r.last_woken_at, 'ring_failed_at', r.ring_failed_at,
+                                          'held', coalesce(r.lease_until > now(), false)) from amocrm.drainer r where r.key = 'drain'),
+    'feed_lag_seconds', (select f.lag_seconds from feed f),
+    'hook', (select jsonb_build_object('last_delivery_at', h.last_delivery_at, 'feed_changes', h.feed_changes) from hook h),
+    'database_bytes', pg_database_size(current_database()),
+    'now', now())
+  from st, waiting w, all_waiting aw, parked p, dead d
+$function$;
+grant execute on function public.amocrm_alert_facts() to service_role;
+
+CREATE OR REPLACE FUNCTION public.amocrm_alert_transitions(p_active jsonb)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_remind interval;
+  c        jsonb;
+  a        amocrm.alerts;
+  v_out    jsonb := '[]'::jsonb;
+  v_keys   text[] := '{}'::text[];
+  v_since  timestamptz;
+begin
+  perform pg_advisory_xact_lock(hashtextextended('amocrm.alerts', 0));
+  select make_interval(mins => coalesce((s.value->>'remind_every_minutes')::int, 360)) into v_remind
+    from amocrm.system_settings s where s.key = 'alert_settings';
+  v_remind := coalesce(v_remind, interval '6 hours');
+  for c in select * from jsonb_array_elements(coalesce(p_active, '[]'::jsonb)) loop
+    v_keys := v_keys || (c->>'key');
+    v_since := least(now(), coalesce((c->>'since')::timestamptz, now()));
+    select * into a from amocrm.alerts t where t.key = c->>'key' for update;
+    if not found or a.ended_at is not null then
+      insert into amocrm.alerts as t (key, started_at, last_sent_at, ended_at, affected, detail, sent_count)
+      values (c->>'key', v_since, now(), null, (c->>'affected')::int, c->'detail', 1)
+      on conflict (key) do update set started_at = excluded.started_at, last_sent_at = now(), ended_at = null,
+        affected = excluded.affected, detail = excluded.detail, sent_count = 1;
+      v_out := v_out || jsonb_build_array(jsonb_build_object('key', c->>'key', 'state', 'started', 'started_at', v_since,
+                                                             'affected', (c->>'affected')::int, 'detail', c->'detail'));
+    elsif a.last_sent_at <= now() - v_remind then
+      update amocrm.alerts t set last_sent_at = now(), affected = (c->>'affected')::int, detail = c->'detail', sent_count = t.sent_count + 1
+       where t.key = a.key;
+      v_out := v_out || jsonb_build_array(jsonb_build_object('key', a.key, 'state', 'reminder', 'started_at', a.started_at,
+                                                             'affected', (c->>'affected')::int, 'detail', c->'detail'));
+    else
+      update amocrm.alerts t set affected = (c->>'affected')::int, detail = c->'detail' where t.key = a.key;
+    end if;
+  end loop;
+  for a in select * from amocrm.alerts t where t.ended_at is null and not (t.key = any (v_keys)) for update loop
+    update amocrm.alerts t set ended_at = now(), last_sent_at = now() where t.key = a.key;
+    v_out := v_out || jsonb_build_array(jsonb_build_object('key', a.key, 'state', 'ended', 'started_at', a.started_at,
+                                                           'affected', a.affected, 'detail', a.detail));
+  end loop;
+  return jsonb_build_object('alerts', v_out);
+end $function$;
+grant execute on function public.amocrm_alert_transitions(p_active jsonb) to service_role;
 
 CREATE OR REPLACE FUNCTION public.amocrm_apply_changes(p_changes jsonb, p_source text, p_pipeline_id bigint)
  RETURNS jsonb
@@ -1519,7 +1688,8 @@ begin
          drained_holder = p_holder,
          drained_counted = greatest(greatest(p_drained, 0), v_counted)
    where t.key = 'drain';
-  if amocrm.due_lesson_events(greatest(p_linger_ms, 0)) then
+  if amocrm.due_lesson_events(greatest(p_linger_ms, 0))
+     or not pg_try_advisory_xact_lock(amocrm.quiet_lock_key()) then
     return jsonb_build_object('ended', false, 'held', true);
   end if;
   update amocrm.drainer t set holder = null, lease_until = null where t.key = 'drain';
@@ -1943,17 +2113,20 @@ grant execute on function public.amocrm_record_event(p_user_id uuid, p_lesson_id
 
 CREATE OR REPLACE FUNCTION public.amocrm_release_drain(p_holder text)
  RETURNS jsonb
- LANGUAGE sql
+ LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO ''
 AS $function$
-  with r as (
-    update amocrm.drainer t set holder = null, lease_until = null
-     where t.key = 'drain' and t.holder = p_holder
-    returning 1)
-  select jsonb_build_object('released', exists (select 1 from r),
-                            'due', amocrm.due_lesson_events() or amocrm.due_lookahead_jobs())
-$function$;
+declare
+  v_released boolean;
+begin
+  update amocrm.drainer t set holder = null, lease_until = null
+   where t.key = 'drain' and t.holder = p_holder;
+  v_released := found;
+  return jsonb_build_object('released', v_released,
+                            'due', amocrm.due_lesson_events() or amocrm.due_lookahead_jobs()
+                                   or not pg_try_advisory_xact_lock(amocrm.quiet_lock_key()));
+end $function$;
 grant execute on function public.amocrm_release_drain(p_holder text) to service_role;
 
 CREATE OR REPLACE FUNCTION public.amocrm_remember_lead(p_user_id uuid, p_lead_id bigint, p_contact_id bigint DEFAULT NULL::bigint, p_email text DEFAULT NULL::text)
@@ -2074,6 +2247,126 @@ AS $function$
   select jsonb_build_object('resumed', (select count(*) from resumed))
 $function$;
 grant execute on function public.amocrm_resume_parked(p_codes text[]) to service_role;
+
+CREATE OR REPLACE FUNCTION public.amocrm_retention(p_batch integer DEFAULT NULL::integer)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_batch    integer := greatest(1, least(5000, coalesce(p_batch, amocrm.retention_setting('retention_batch_rows', 500))));
+  v_body     integer := amocrm.retention_setting('retention_delivery_body_days', 7);
+  v_flagged  integer := amocrm.retention_setting('retention_flagged_body_days', 30);
+  v_rows     integer := amocrm.retention_setting('retention_deliveries_days', 30);
+  v_attempts integer := amocrm.retention_setting('retention_attempts_days', 90);
+  v_events   integer := amocrm.retention_setting('retention_events_days', 90);
+  v_history  integer := amocrm.retention_setting('retention_history_days', 0);
+  v_changes  integer := amocrm.retention_setting('retention_changes_days', 0);
+  v_out      jsonb := '{}'::jsonb;
+  v_n        integer;
+  v_cut      timestamptz;
+  v_first    timestamptz;
+  v_last     timestamptz;
+begin
+  -- Raw hook bodies: emptied, the deal's name dropped (may be a person's name). Never a
+  -- pending delivery (the applier still reads it).
+  with d as (
+    select x.id from amocrm.crm_deliveries x
+     where x.body <> ''
+       and ((x.status in ('applied', 'ignored') and v_body > 0 and x.received_at < now() - make_interval(days => greatest(v_body, 1)))
+         or (x.status = 'flagged' and v_flagged > 0 and x.received_at < now() - make_interval(days => greatest(v_flagged, 1))))
+     order by x.id limit v_batch for update skip locked)
+  update amocrm.crm_deliveries c
+     set body = '',
+         changes = coalesce((select jsonb_agg(ch - 'name') from jsonb_array_elements(c.changes) ch), '[]'::jsonb)
+    from d where c.id = d.id;
+  get diagnostics v_n = row_count;
+  v_out := v_out || jsonb_build_object('deliveries_reduced', v_n);
+
+  -- Delivery rows: never pending; at least a week (amoCRM's retries of one request_id);
+  -- a flagged one 30 days after its body.
+  v_n := 0;
+  if v_rows > 0 then
+    with d as (
+      select x.id from amocrm.crm_deliveries x
+       where ((x.status in ('applied', 'ignored') and x.received_at < now() - make_interval(days => greatest(v_rows, 7)))
+           or (x.status = 'flagged' and x.received_at < now() - make_interval(days => greatest(v_rows, v_flagged + 30, 7))))
+       order by x.id limit v_batch for update skip locked)
+    delete from amocrm.crm_deliveries c using d where c.id = d.id;
+    get diagnostics v_n = row_count;
+  end if;
+  v_out := v_out || jsonb_build_object('deliveries_removed', v_n);
+
+  -- Attempts of finished events: the hours are counted into the rollup first; at least
+  -- the console's 90 days.
+  v_n := 0;
+  if v_attempts > 0 then
+    v_cut := date_trunc('hour', now() - make_interval(days => greatest(v_attempts, 90)));
+    select min(a.at), max(a.at) into v_first, v_last
+      from (select a.at from amocrm.event_attempts a
+              join amocrm.sync_events e on e.id = a.event_id and e.status in ('done', 'skipped')
+             where a.at < v_cut order by a.at limit v_batch) a;
+    if v_first is not null then
+      perform amocrm.console_rollup_ensure(date_trunc('hour', v_first), date_trunc('hour', v_last) + interval '1 hour');
+      insert into amocrm.system_settings (key, value)
+      values ('retention_attempts_pruned_before', to_jsonb(date_trunc('hour', v_last) + interval '1 hour'))
+      on conflict (key) do update set value = excluded.value, updated_at = now()
+       where (amocrm.system_settings.value #>> '{}')::timestamptz < (excluded.value #>> '{}')::timestamptz;
+      with d as (
+        select a.event_id, a.attempt, a.at from amocrm.event_attempts a
+          join amocrm.sync_events e on e.id = a.event_id and e.status in ('done', 'skipped')
+         where a.at < v_cut and a.at <= v_last
+         order by a.at limit v_batch for update of a skip locked)
+      delete from amocrm.event_attempts x using d
+       where x.event_id = d.event_id and x.attempt = d.attempt and x.at = d.at;
+      get diagnostics v_n = row_count;
+    end if;
+  end if;
+  v_out := v_out || jsonb_build_object('attempts_removed', v_n);
+
+  -- Finished events: the text of the last error goes, the row stays.
+  v_n := 0;
+  if v_events > 0 then
+    with d as (
+      select e.id from amocrm.sync_events e
+       where e.status in ('done', 'skipped') and e.last_error is not null
+         and e.updated_at < now() - make_interval(days => greatest(v_events, 90))
+       order by e.id limit v_batch for update skip locked)
+    update amocrm.sync_events e set last_error = null from d where e.id = d.id;
+    get diagnostics v_n = row_count;
+  end if;
+  v_out := v_out || jsonb_build_object('events_compacted', v_n);
+
+  -- Opt-in: the stage history (never a deal's latest row: the mirror's last word).
+  v_n := 0;
+  if v_history > 0 then
+    with d as (
+      select h.id from amocrm.deal_stage_history h
+       where h.changed_at < now() - make_interval(days => greatest(v_history, 180))
+         and h.recorded_at < now() - make_interval(days => greatest(v_history, 180))
+         and exists (select 1 from amocrm.deal_stage_history n where n.lead_id = h.lead_id and n.changed_at > h.changed_at)
+       order by h.id limit v_batch for update skip locked)
+    delete from amocrm.deal_stage_history h using d where h.id = d.id;
+    get diagnostics v_n = row_count;
+  end if;
+  v_out := v_out || jsonb_build_object('history_removed', v_n);
+
+  -- Opt-in: the platform's changes.
+  v_n := 0;
+  if v_changes > 0 then
+    with d as (
+      select c.id from amocrm.deal_changes c
+       where c.created_at < now() - make_interval(days => greatest(v_changes, 30))
+       order by c.id limit v_batch for update skip locked)
+    delete from amocrm.deal_changes c using d where c.id = d.id;
+    get diagnostics v_n = row_count;
+  end if;
+  v_out := v_out || jsonb_build_object('changes_removed', v_n);
+
+  return v_out || jsonb_build_object('batch', v_batch);
+end $function$;
+grant execute on function public.amocrm_retention(p_batch integer) to service_role;
 
 CREATE OR REPLACE FUNCTION public.amocrm_ring_failed()
  RETURNS jsonb
@@ -2355,7 +2648,16 @@ CREATE TRIGGER amocrm_lesson_completed AFTER INSERT OR UPDATE ON public.lesson_p
 -- ======================================================================================
 -- Rows a fresh database starts with
 -- ======================================================================================
+-- amocrm.system_settings: alert_settings = {"waiting_minutes": 30, "feed_lag_minutes": 180, "storage_limit_mb": 500, "hook_silent_changes": 3, "hook_silent_minutes": 180, "remind_every_minutes": 360, "storage_near_percent": 80, "drainer_start_minutes": 10}
 -- amocrm.system_settings: lookahead_enabled = true
+-- amocrm.system_settings: retention_attempts_days = 90
+-- amocrm.system_settings: retention_batch_rows = 500
+-- amocrm.system_settings: retention_changes_days = 0
+-- amocrm.system_settings: retention_deliveries_days = 30
+-- amocrm.system_settings: retention_delivery_body_days = 7
+-- amocrm.system_settings: retention_events_days = 90
+-- amocrm.system_settings: retention_flagged_body_days = 30
+-- amocrm.system_settings: retention_history_days = 0
 -- amocrm.system_settings: tripwire_lessons = {"67": 1, "68": 2, "69": 3}
 -- amocrm.system_settings: webhook_timeout_ms = 10000
 -- amocrm.rate_limiter: amocrm
