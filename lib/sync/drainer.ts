@@ -84,18 +84,7 @@ export async function runDrain(rt: Runtime, options: DrainOptions): Promise<Drai
         for (const o of await processEvents(inv.sync, batch, inv.holder)) report.outcomes[o.status] = (report.outcomes[o.status] ?? 0) + 1;
         continue;
       }
-      if (lookahead) {
-        const jobs = await runLookahead(rt);
-        report.lookaheadFound += jobs.found;
-        // Keep going while jobs move.
-        if (jobs.claimed && jobs.later < jobs.claimed) continue;
-        // Jobs that only wait for a spare slot are work left, not an empty queue: ask again
-        // a slot later (lesson events first). Out of budget, the lease is handed on below.
-        if (jobs.waitingForSlot) {
-          await clock.sleep(SPARE_RETRY_MS);
-          continue;
-        }
-      }
+      if (lookahead && (await lookaheadRound(rt, report))) continue;
       // Nothing due now. Events given back for a slot or a pause are due again in a moment:
       // wait for them rather than leave them to the next scheduled run.
       if (await endDrain(db, inv.holder, report.claimed, Math.min(lingerMs, Math.max(0, left() - reserveMs)))) {
@@ -117,6 +106,20 @@ export async function runDrain(rt: Runtime, options: DrainOptions): Promise<Drai
     report.elapsedMs = clock.now() - started;
     return report;
   }
+}
+
+/**
+ * One round of look-ahead jobs; true while there is look-ahead work: jobs moved, or jobs
+ * that only wait for a spare slot. Those are work left, not an empty queue: asked again a
+ * slot later (lesson events first); out of budget, the lease is handed on.
+ */
+async function lookaheadRound(rt: Runtime, report: DrainReport): Promise<boolean> {
+  const jobs = await runLookahead(rt);
+  report.lookaheadFound += jobs.found;
+  if (jobs.claimed && jobs.later < jobs.claimed) return true;
+  if (!jobs.waitingForSlot) return false;
+  await rt.clock.sleep(SPARE_RETRY_MS);
+  return true;
 }
 
 /**
