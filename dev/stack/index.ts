@@ -97,7 +97,8 @@ export async function createSyncStack(options: StackOptions = {}): Promise<Stack
   const config = loadConfig(env);
   const runtimeOver = (db: Db) => buildRuntime(config, db, { log, clock: options.clock });
   const runtime = runtimeOver(database.db);
-  const nowSec = () => Math.floor(Date.now() / 1000);
+  // amoCRM's clock (the stand-in's, which a test may move by hand): a deal's updated_at is amoCRM's.
+  const nowSec = () => Math.floor((options.standin?.now?.() ?? Date.now()) / 1000);
 
   let nextLeadId = layout.firstLeadId;
   let nextContactId = layout.firstContactId;

@@ -27,6 +27,21 @@ export type ClaimResult =
 export const LEASE_SECONDS = 90;
 
 /**
+ * Right before a PATCH: renews these claims as holdEvents does, and answers which moves
+ * still may go (`held`) and which deals the mirror knows a manager closed since they were
+ * read (`closed`, by event id): amoCRM has no conditional update.
+ */
+export async function holdMoves(db: Db, holder: string, moves: { eventId: number; leadId: number; readAt: number }[]):
+  Promise<{ held: Set<number>; closed: Map<number, 'won' | 'lost'> }> {
+  if (!moves.length) return { held: new Set(), closed: new Map() };
+  const r = await db.rpc<{ held: number[]; closed: { event_id: number; closed: 'won' | 'lost' }[] }>('amocrm_hold_moves', {
+    p_holder: holder, p_lease_seconds: LEASE_SECONDS,
+    p_moves: moves.map((m) => ({ event_id: m.eventId, lead_id: m.leadId, read_at: m.readAt })),
+  });
+  return { held: new Set(r.held.map(Number)), closed: new Map(r.closed.map((c) => [Number(c.event_id), c.closed])) };
+}
+
+/**
  * Extends this holder's live claims on these events (and its drain lease) to
  * LEASE_SECONDS from now; answers the ids still held. An expired claim is not revived.
  */

@@ -9,9 +9,9 @@
 // calling amoCRM: untried events go back to the queue without counting an attempt, or,
 // when a person must act (tokens, account), are parked with that same reason.
 import { AmoError } from '../amocrm/errors.ts';
-import { holdEvents, LEASE_SECONDS, type ClaimedEvent } from '../db/outbox.ts';
+import { holdEvents, holdMoves, LEASE_SECONDS, type ClaimedEvent } from '../db/outbox.ts';
 import type { SyncDeps } from './deps.ts';
-import { deferredOutcome, failureOutcome, leaseLostOutcome, type Found, type PlannedOutcome } from './outcome.ts';
+import { closedByMirrorOutcome, deferredOutcome, failureOutcome, leaseLostOutcome, type Found, type PlannedOutcome } from './outcome.ts';
 
 /** How often a batch's claims are renewed while it searches and reads (a claim lasts LEASE_SECONDS). */
 const RENEW_CLAIMS_MS = 30_000;
@@ -92,12 +92,34 @@ export class Batch {
    * Renews the claims on `group` and answers the events still held. A claim that expired
    * is another invocation's now: its event is left alone (nothing sent, nothing recorded).
    */
-  async hold(group: ClaimedEvent[], found?: (e: ClaimedEvent) => Found | undefined): Promise<ClaimedEvent[]> {
+  async hold(group: ClaimedEvent[]): Promise<ClaimedEvent[]> {
     const live = group.filter((e) => !this.outcomes.has(e));
     const held = live.length ? await this.shared(live, () => holdEvents(this.deps.db, this.holder, live.map((e) => e.id))) : undefined;
     if (!held) return [];
-    for (const e of live) if (!held.has(e.id)) this.settle(e, leaseLostOutcome(this.deps, e, found?.(e)));
+    for (const e of live) if (!held.has(e.id)) this.settle(e, leaseLostOutcome(this.deps, e));
     return live.filter((e) => held.has(e.id));
+  }
+
+  /**
+   * Right before a PATCH: renews the claims of these moves and answers the ones that may go.
+   * A lost claim is left alone (as in hold); a deal the mirror knows a manager closed since
+   * it was read is skipped, not moved out of won/lost.
+   */
+  async holdMoves(moves: { event: ClaimedEvent; found: Found }[]): Promise<ClaimedEvent[]> {
+    const live = moves.filter((m) => !this.outcomes.has(m.event));
+    const r = live.length
+      ? await this.shared(live.map((m) => m.event), () => holdMoves(this.deps.db, this.holder,
+        live.map((m) => ({ eventId: m.event.id, leadId: m.found.lead.id, readAt: m.found.lead.updated_at }))))
+      : undefined;
+    if (!r) return [];
+    const may: ClaimedEvent[] = [];
+    for (const { event, found } of live) {
+      const closed = r.closed.get(event.id);
+      if (!r.held.has(event.id)) this.settle(event, leaseLostOutcome(this.deps, event, found));
+      else if (closed) this.settle(event, closedByMirrorOutcome(this.deps, event, found.lead.id, closed));
+      else may.push(event);
+    }
+    return may;
   }
 
   /** Renews every open claim when RENEW_CLAIMS_MS have passed since the last renewal. */

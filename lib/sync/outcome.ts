@@ -165,9 +165,10 @@ export function leaseLostOutcome(deps: SyncDeps, event: ClaimedEvent, found?: Fo
  * The mirror of amoCRM's hooks knows the remembered deal is won or lost: the event is
  * skipped without a read (forward-only never touches a closed deal).
  */
-export function closedByMirrorOutcome(deps: SyncDeps, event: ClaimedEvent): PlannedOutcome {
-  const leadId = event.cached_lead_id!;
-  const reason = `сделка закрыта (${event.cached_lead_closed === 'won' ? 'успешно' : 'не реализована'}), известно из хуков amoCRM`;
+export function closedByMirrorOutcome(
+  deps: SyncDeps, event: ClaimedEvent, leadId = event.cached_lead_id!, closed = event.cached_lead_closed,
+): PlannedOutcome {
+  const reason = `сделка закрыта (${closed === 'won' ? 'успешно' : 'не реализована'}), известно из хуков amoCRM`;
   return {
     write: { eventId: event.id, outcome: 'skipped', leadId, code: 'deal_closed', error: reason },
     settle(r) {

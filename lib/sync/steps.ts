@@ -123,14 +123,15 @@ async function planMoves(batch: Batch, found: Map<ClaimedEvent, Found>): Promise
 
 /**
  * Moves, 50 per PATCH; a batch amoCRM refuses is retried one by one to find the culprit.
- * Each PATCH is sent only for claims held just before it, inside the claim's window.
+ * Each PATCH is sent only for claims held just before it, inside the claim's window, and
+ * never to a deal the mirror knows a manager closed since it was read.
  */
 async function sendMoves(batch: Batch, plans: Plan[]): Promise<void> {
   const { deps } = batch;
   const { amo, settings } = deps;
   const moves = plans.filter((p) => p.decision.action === 'move');
   const planOf = new Map(moves.map((p) => [p.event, p] as const));
-  const held = async (group: Plan[]) => (await batch.hold(group.map((p) => p.event), (e) => planOf.get(e)?.found)).map((e) => planOf.get(e)!);
+  const held = async (group: Plan[]) => (await batch.holdMoves(group)).map((e) => planOf.get(e)!);
   const moveOne = (plan: Plan) => batch.guarded(plan.event, async () => {
     await amo.moveLead(plan.found.lead.id, settings.pipelineId, plan.target, batch.sendWindow());
     return true;

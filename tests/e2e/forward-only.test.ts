@@ -4,6 +4,7 @@
 // a newer move. The invariant is checked on amoCRM's own history (the stand-in's events
 // feed), not on the code path.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { applyChanges } from '../../lib/db/deal-mirror.ts';
 import { claimDue } from '../../lib/db/outbox.ts';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
 import { runDrain } from '../../lib/sync/drainer.ts';
@@ -132,5 +133,31 @@ describe('a move amoCRM applies after the client gave up', () => {
     const [held] = await s.t.sql(`select hold_until > now() + interval '60 seconds' as held from amocrm.sync_events where id = $1`, [e68]);
     expect(held!.held).toBe(true);
     s.amo.clearFaults();
+  });
+});
+
+describe('a deal a manager closes after the sync read it', () => {
+  it('is not moved out of won/lost when the mirror learned it before the PATCH', async () => {
+    const st = await studentAtLesson1('closed-meanwhile');
+    const e68 = await s.complete(st.userId, 68);
+    await s.t.sql(`update amocrm.sync_events set next_attempt_at = now() where id = $1`, [e68]);
+    const inv = s.rt.invocation(10_000);
+    const [claimed] = await claimDue(s.t.db, inv.holder, 10);
+    // The batch has read the deal (lesson 1's stage); a manager marks it lost, and the hook
+    // reaches the mirror before the batch's PATCH.
+    const amo = {
+      ...inv.sync.amo,
+      async getLeads(ids: number[]) {
+        const leads = await inv.sync.amo.getLeads(ids);
+        const lost = s.amo.managerLose(st.leadId);
+        await applyChanges(s.t.db, [{ lead_id: st.leadId, action: 'status', pipeline_id: lost.pipelineId, status_id: 143,
+          old_pipeline_id: lost.pipelineId, old_status_id: STAGE.lesson1, modified_at: lost.updatedAt }], 'hook', s.rt.config.pipelineId);
+        return leads;
+      },
+    };
+    const [outcome] = await processEvents({ ...inv.sync, amo }, [claimed!], inv.holder);
+    expect(outcome).toMatchObject({ status: 'skipped', moved: false, code: 'deal_closed' });
+    expect(s.amo.lead(st.leadId)!.statusId).toBe(143);
+    expect(stagesOf(st.leadId).at(-1)).toBe(143);
   });
 });
