@@ -1959,21 +1959,12 @@ AS $function$
     select x.event_id, x.lead_id, x.read_at
       from jsonb_to_recordset(coalesce(p_moves, '[]'::jsonb)) as x(event_id bigint, lead_id bigint, read_at double precision)),
   held as (
-    update amocrm.sync_events s set lease_until = now() + make_interval(secs => p_lease_seconds)
-     where s.id in (select m.event_id from m) and s.status = 'processing'
-       and s.lease_holder = p_holder and s.lease_until > now()
-    returning s.id),
-  drain as (
-    update amocrm.drainer t set lease_until = greatest(t.lease_until, now() + make_interval(secs => p_drain_lease_seconds))
-     where t.key = 'drain' and t.holder = p_holder and t.lease_until >= now()
-    returning 1),
+    select public.amocrm_hold_events(p_holder, (select array_agg(m.event_id) from m), p_lease_seconds, p_drain_lease_seconds) as r),
   closed as (
     select m.event_id, d.closed from m join amocrm.deals d on d.lead_id = m.lead_id
      where d.closed is not null and not d.deleted and d.modified_at >= to_timestamp(coalesce(m.read_at, 0)))
-  select jsonb_build_object(
-    'held', coalesce((select jsonb_agg(h.id order by h.id) from held h), '[]'::jsonb),
-    'closed', coalesce((select jsonb_agg(jsonb_build_object('event_id', c.event_id, 'closed', c.closed) order by c.event_id) from closed c), '[]'::jsonb),
-    'drain_renewed', exists (select 1 from drain))
+  select (select h.r from held h) || jsonb_build_object(
+    'closed', coalesce((select jsonb_agg(jsonb_build_object('event_id', c.event_id, 'closed', c.closed) order by c.event_id) from closed c), '[]'::jsonb))
 $function$;
 grant execute on function public.amocrm_hold_moves(p_holder text, p_moves jsonb, p_lease_seconds integer, p_drain_lease_seconds integer) to service_role;
 
