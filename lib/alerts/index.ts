@@ -1,4 +1,4 @@
-// Alerts (issue 17, item 2): the scheduled run calls checkAlerts once, at its end. It reads
+// Alerts: the scheduled run calls checkAlerts once, at its end. It reads
 // the database's facts, decides which conditions hold (conditions.ts), lets the database's
 // state machine say what to announce (started / reminder / ended: lib/db/alerts.ts), and
 // sends each announcement to every configured channel (Telegram, a JSON webhook). Nothing
