@@ -608,7 +608,7 @@ describe('faults, routing and bookkeeping', () => {
     expect((await api('/api/v4/leads/11', { method: 'DELETE' })).status).toBe(404);
     // Endpoints nothing in the sync calls are not served.
     expect((await api('/api/v4/contacts/1')).status).toBe(404);
-    expect((await api('/api/v4/leads/11/notes', { method: 'POST', body: JSON.stringify([{ note_type: 'common' }]) })).status).toBe(404);
+    expect((await api('/api/v4/leads/11/links', { method: 'POST', body: JSON.stringify([{ to_entity_id: 1 }]) })).status).toBe(404);
     expect((await api(`/api/v4/leads/pipelines/${TRIPWIRE}/statuses`)).status).toBe(404);
     const big = await api('/api/v4/leads', { method: 'PATCH', body: JSON.stringify([{ id: 11, name: 'x'.repeat(1_100_000) }]) });
     expect(big.status).toBe(413);

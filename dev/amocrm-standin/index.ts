@@ -19,13 +19,14 @@
 //
 // Modules: state (data; every lead change in one function), routes (REST endpoints),
 // hal (rendering and paging), oauth (tokens), limits (rate, block, faults, latency),
-// ledger (recorded requests, counters), hooks (subscriptions and delivery), hookform (the
+// ledger (recorded requests, counters), notes (notes and tasks on leads), hooks (subscriptions and delivery), hookform (the
 // delivery's form body), events (the events feed), server (node:http).
 import { createEvents } from './events.ts';
 import { ACCOUNT, createHal, problem } from './hal.ts';
 import { createHooks } from './hooks.ts';
 import { createLedger } from './ledger.ts';
 import { createLimits } from './limits.ts';
+import { createNotes } from './notes.ts';
 import { createOAuth, hex } from './oauth.ts';
 import { createRoutes, matchRoute } from './routes.ts';
 import { listen, MAX_BODY } from './server.ts';
@@ -36,6 +37,7 @@ export type {
   AmoStandin, Fault, HookAction, HookAttempt, HookForm, ManagerOptions, RecordedRequest, StandinContact, StandinCounts,
   StandinCustomField, StandinEvent, StandinLead, StandinOptions, StandinPipeline, StandinWebhook,
 } from './types.ts';
+export type { StandinNote, StandinTask } from './notes.ts';
 export { USER_AGENT as HOOK_USER_AGENT } from './hooks.ts';
 /** The stand-in's account as its hooks name it: account[id], account[subdomain]. */
 export const STANDIN_ACCOUNT = { id: ACCOUNT.id, subdomain: ACCOUNT.subdomain } as const;
@@ -81,7 +83,8 @@ export async function startAmoStandin(options: StandinOptions = {}): Promise<Amo
   state.onLeadChange(events.onLeadChange);
   state.onLeadChange(hooks.onLeadChange);
   let admin = true;
-  const routes = createRoutes(state, hal, ledger.patched, { hooks, events, isAdmin: () => admin });
+  const notes = createNotes(state, hal, API_USER_ID);
+  const routes = createRoutes(state, hal, ledger.patched, { hooks, events, isAdmin: () => admin, notes });
 
   const leadCopy = (l: LeadState): StandinLead => ({
     id: l.id, name: l.name, pipelineId: l.pipelineId, statusId: l.statusId, updatedAt: l.updatedAt, isDeleted: l.isDeleted,
@@ -198,6 +201,8 @@ export async function startAmoStandin(options: StandinOptions = {}): Promise<Amo
       admin = value;
     },
     leadEvents: events.list,
+    notes: notes.notes,
+    tasks: notes.tasks,
     issueTokens: oauth.issueTokens,
     issueAuthCode: oauth.issueAuthCode,
     expireAccessTokens: oauth.expireAccessTokens,

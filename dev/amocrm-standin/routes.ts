@@ -6,10 +6,12 @@
 //   GET   /api/v4/leads/pipelines,  GET /api/v4/leads/pipelines/:id
 //   GET   /api/v4/webhooks?filter[destination]=…,  POST /api/v4/webhooks,  DELETE /api/v4/webhooks (admin only)
 //   GET   /api/v4/events?filter[…]&limit&page (events.ts)
+//   POST/GET /api/v4/leads/notes, /api/v4/leads/:id/notes, /api/v4/tasks (notes.ts)
 // (POST /oauth2/access_token lives in oauth.ts.) Anything else is a 404.
 import type { StandinEvents } from './events.ts';
 import { createHal, emptyBody, MAX_LIMIT, problem, validationProblem, ACCOUNT, type ValidationItem } from './hal.ts';
 import { HookInputError, type StandinHooks } from './hooks.ts';
+import type { StandinNotes } from './notes.ts';
 import type { LeadFields, LeadState, StandinState } from './state.ts';
 import type { Ctx, Reply, StandinWebhook } from './types.ts';
 
@@ -21,6 +23,9 @@ const ROUTE_PATTERNS = [
   '/api/v4/leads/pipelines',
   '/api/v4/leads/pipelines/:id',
   '/api/v4/leads/:id',
+  '/api/v4/leads/notes',
+  '/api/v4/leads/:id/notes',
+  '/api/v4/tasks',
   '/api/v4/webhooks',
   '/api/v4/events',
 ] as const;
@@ -73,7 +78,7 @@ function filterIds(search: URLSearchParams, name: string): Set<number> | undefin
 
 const withs = (search: URLSearchParams) => new Set(search.getAll('with').flatMap((w) => w.split(',')).map((w) => w.trim()));
 
-export interface FeedRoutes { hooks: StandinHooks; events: StandinEvents; isAdmin: () => boolean }
+export interface FeedRoutes { hooks: StandinHooks; events: StandinEvents; isAdmin: () => boolean; notes: StandinNotes }
 
 export function createRoutes(state: StandinState, hal: ReturnType<typeof createHal>, onPatched: () => void, feed: FeedRoutes) {
   const renderHook = (h: StandinWebhook) => ({
@@ -210,7 +215,7 @@ export function createRoutes(state: StandinState, hal: ReturnType<typeof createH
           return p ? { status: 200, body: hal.pipeline(p) } : problem(404, `Pipeline ${id} not found`);
         }
         default:
-          return problem(404, 'Not Found');
+          return feed.notes.route(ctx) ?? problem(404, 'Not Found');
       }
     },
   };

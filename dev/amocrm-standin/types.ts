@@ -1,6 +1,7 @@
 // The stand-in's public types (exported from index.ts) and the internal request/reply shapes
 // its modules pass to one another.
 import type http from 'node:http';
+import type { StandinNote, StandinTask } from './notes.ts';
 
 export interface StandinOptions {
   port?: number; // 0 = random (default)
@@ -118,6 +119,10 @@ export interface AmoStandin {
   setAdminRights(admin: boolean): void;
   /** The events feed's records, oldest first (copies). */
   leadEvents(): StandinEvent[];
+  /** Notes added through the API (of one lead), oldest first (copies): what a manager sees in the deal's timeline. */
+  notes(leadId?: number): StandinNote[];
+  /** Tasks added through the API (of one lead), oldest first (copies). */
+  tasks(leadId?: number): StandinTask[];
   /** Issues a fresh token pair as if an authorization code had been exchanged; returns it. */
   issueTokens(): { access_token: string; refresh_token: string; expires_in: number };
   /** An authorization code valid 20 min, single use, for POST /oauth2/access_token grant_type=authorization_code. */
