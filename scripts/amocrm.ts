@@ -1,7 +1,9 @@
 // `npm run amocrm -- <command>`: the operator commands of lib/ops/, run against the target
 // chosen by scripts/target.ts. Exit 0 done, 1 failed, 2 bad arguments.
+import { userInfo } from 'node:os';
 import type { CommandContext, CommandResult } from '../lib/ops/command.ts';
 import { findDealCommand } from '../lib/ops/find-deal-command.ts';
+import { funnelsCommand, parseFunnelsArgs } from '../lib/ops/funnels-command.ts';
 import { pipelinesCommand } from '../lib/ops/pipelines.ts';
 import { exchangeCodeCommand, refreshCommand, storeLongLivedCommand } from '../lib/ops/token-commands.ts';
 import { ACTIONS as WEBHOOK_ACTIONS, webhooksCommand } from '../lib/ops/hook-subscriptions.ts';
@@ -21,9 +23,17 @@ const USAGE = [
   '  webhooks list             the account\'s webhooks, this deployment\'s marked (secrets masked)',
   '  webhooks subscribe        point amoCRM\'s stage-change hook at <site>/api/amocrm/crm-events/<AMOCRM_HOOK_SECRET>',
   '  webhooks unsubscribe      remove this deployment\'s hook',
+  '  funnels list              the funnels in force (version, who changed them)',
+  '  funnels show <key>        one funnel\'s steps with lesson titles and stage names, checked against amoCRM now',
+  '  funnels set <file.json|-> check a funnels file against amoCRM and the lessons, then save it as a new version',
+  '  funnels check [file]      check a file, or without one the saved funnels against amoCRM now',
+  '  funnels history           the saved versions, who saved each and when',
+  '  funnels rollback <version> save an earlier version again (checked first)',
   '',
   'Options:',
   TARGET_USAGE,
+  '  --by <name>               funnels set/rollback: who makes the change (default: the OS user)',
+  '  --note <text>             funnels set: why (kept in the history)',
   '',
   'Production reads the environment (and .env) like the functions: SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY, AMOCRM_*.',
 ].join('\n');
@@ -39,13 +49,16 @@ const COMMANDS: Record<string, { argument?: string; choices?: readonly string[];
 };
 
 await runMain(async () => {
-  const { values, positionals } = parseCommandLine(process.argv.slice(2), { ...TARGET_OPTIONS, help: { type: 'boolean', short: 'h' } }, true);
+  const options = { ...TARGET_OPTIONS, help: { type: 'boolean', short: 'h' }, by: { type: 'string' }, note: { type: 'string' } } as const;
+  const { values, positionals } = parseCommandLine(process.argv.slice(2), options, true);
   const [name, arg, ...extra] = positionals;
   if (values.help || name === 'help') {
     console.log(USAGE);
     return 0;
   }
   if (!name) throw new UsageError('no command');
+  if (name !== 'funnels' && (values.by !== undefined || values.note !== undefined)) throw new UsageError('--by and --note are for funnels set and rollback');
+  if (name === 'funnels') return runFunnels(values, positionals.slice(1));
   const command = COMMANDS[name];
   if (!command) throw new UsageError(`unknown command: ${name}`);
   if (command.argument && !arg) throw new UsageError(`${name} needs ${command.argument}`);
@@ -63,3 +76,27 @@ await runMain(async () => {
     await target.close().catch(() => undefined);
   }
 }, USAGE);
+
+/** `funnels <action> [arg]`: its own arguments, and who makes the change. */
+async function runFunnels(values: { by?: string; note?: string } & Parameters<typeof openTarget>[0], rest: string[]): Promise<number> {
+  const parsed = parseFunnelsArgs(rest);
+  if (typeof parsed === 'string') throw new UsageError(parsed);
+  const target = await openTarget(values);
+  try {
+    const db = requireDatabase(target, `npm run amocrm -- funnels ${parsed.action} --embedded`);
+    const by = values.by ?? osUser();
+    const result = await funnelsCommand({ db, env: target.env }, { ...parsed, by, ...(values.note ? { note: values.note } : {}) });
+    for (const line of result.lines) console.log(redact(line));
+    return result.exitCode;
+  } finally {
+    await target.close().catch(() => undefined);
+  }
+}
+
+function osUser(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return process.env.USER ?? '';
+  }
+}
