@@ -61,7 +61,7 @@ returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
   v_tz    text := amocrm.academy_time_zone();
-  v_count integer;
+  v_count bigint;
 begin
   if jsonb_typeof(p_items) is distinct from 'array' then
     raise exception 'p_items must be a json array' using errcode = '22023';
@@ -138,7 +138,7 @@ create or replace function public.amocrm_finish_deal_notes(p_holder text, p_resu
 returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
-  v_count integer;
+  v_count bigint;
 begin
   if jsonb_typeof(p_results) is distinct from 'array' then
     raise exception 'p_results must be a json array' using errcode = '22023';
