@@ -181,3 +181,23 @@ function logResult(rt: Runtime, row: ClaimedDealNote, r: DealNoteResult, report:
     else rt.log.warn(`${WHAT[row.kind]} для менеджера отложена`, { ...ctx, lead: row.lead_id, outcome: r.outcome, error: r.error ?? '-' });
   }
 }
+
+/** How long a drain waits before asking again when every row waited for a spare slot (about one slot at 6/s). */
+const ROUND_RETRY_MS = 170;
+
+/**
+ * The drain's round of notes and tasks, once no lesson event is due: true while there is
+ * such work (rows sent, or rows that only wait for a spare slot). Never throws: notes are
+ * never why a drain stops; a round that fails is told once and its rows wait for the next.
+ */
+export async function dealNotesRound(rt: Runtime): Promise<boolean> {
+  try {
+    const r = await sendDealNotes(rt);
+    if (!r.claimed) return false;
+    if (r.waitingForSlot === r.claimed) await rt.clock.sleep(ROUND_RETRY_MS);
+    return true;
+  } catch (err) {
+    rt.log.warn('Заметки и задачи для менеджера отложены: ошибка раунда', { error: errorText(err).slice(0, 120) });
+    return false;
+  }
+}

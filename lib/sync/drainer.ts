@@ -9,6 +9,7 @@ import { claimDue } from '../db/outbox.ts';
 import { patientDb } from '../db/patient.ts';
 import { buildRuntime, type Runtime } from '../runtime.ts';
 import type { OutcomeStatus } from './outcome.ts';
+import { dealNotesRound } from './deal-notes.ts';
 import { runLookahead } from './lookahead.ts';
 import { processEvents } from './steps.ts';
 import { errorText } from '../log.ts';
@@ -84,6 +85,8 @@ export async function runDrain(rt: Runtime, options: DrainOptions): Promise<Drai
         for (const o of await processEvents(inv.sync, batch, inv.holder)) report.outcomes[o.status] = (report.outcomes[o.status] ?? 0) + 1;
         continue;
       }
+      // After the moves: the manager's notes and tasks take only slots lesson events leave.
+      if (await dealNotesRound(rt)) continue;
       if (lookahead && (await lookaheadRound(rt, report))) continue;
       // Nothing due now. Events given back for a slot or a pause are due again in a moment:
       // wait for them rather than leave them to the next scheduled run.

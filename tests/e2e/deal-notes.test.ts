@@ -216,3 +216,23 @@ describe('after the moves', () => {
     expect([s.amo.notes(leadId).length, s.amo.tasks(leadId).length]).toEqual([1, 1]);
   });
 });
+
+describe('in the drain', () => {
+  it('a burst\'s moves go first: every PATCH is sent before any note or task, though notes were due before the burst', async () => {
+    const earlier = [await doneEvent(), await doneEvent()];
+    for (const e of earlier) await queue(e.eventId);
+    const burst = await Promise.all(Array.from({ length: 12 }, () => s.addStudent(email())));
+    for (const st of burst) await s.complete(st.userId, 67);
+    await s.t.sql(`update amocrm.sync_events set next_attempt_at = now() where status = 'pending'`);
+    s.amo.resetCounts();
+    const report = await runDrain(s.rt, { budgetMs: 60_000, reserveMs: 1_000, lookahead: false, batchSize: 4 });
+    expect(report.outcomes).toMatchObject({ done: 12 });
+    const order = s.amo.requests.map((r) => `${r.method} ${r.path}`);
+    const lastPatch = order.map((r, i) => (r.startsWith('PATCH /api/v4/leads') ? i : -1)).reduce((a, b) => Math.max(a, b));
+    expect(order.filter((r) => r.startsWith('PATCH')).length).toBe(3); // 12 moves in batches of 4
+    expect(order.some((r) => r === 'POST /api/v4/leads/notes')).toBe(true);
+    expect(order.findIndex((r) => r === 'POST /api/v4/leads/notes')).toBeGreaterThan(lastPatch);
+    expect(order.findIndex((r) => r === 'POST /api/v4/tasks')).toBeGreaterThan(lastPatch);
+    for (const e of earlier) expect([s.amo.notes(e.leadId).length, s.amo.tasks(e.leadId).length]).toEqual([1, 1]);
+  });
+});
