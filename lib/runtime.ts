@@ -13,6 +13,7 @@ import { amoResources, type AmoResources } from './amocrm/resources.ts';
 import { TokenManager } from './amocrm/token-manager.ts';
 import { createLogger, type Logger } from './log.ts';
 import type { SyncDeps } from './sync/deps.ts';
+import { databaseFunnels } from './funnels/source.ts';
 
 export interface Runtime {
   config: Config;
@@ -39,6 +40,8 @@ export function buildRuntime(config: Config, db: Db, parts: { transport?: Transp
   const clock = parts.clock ?? systemClock;
   const log = parts.log ?? createLogger();
   const transport = parts.transport ?? axiosTransport(config.amocrm.baseUrl, config.amocrm.timeoutMs);
+  // Kept while warm: read again when a claimed event names a newer version.
+  const funnels = databaseFunnels(db, { pipelineId: config.pipelineId, stageIds: config.stageIds });
   return {
     config, db, log, clock, transport,
     invocation(maxWaitMs, { lane = 'lesson' } = {}) {
@@ -56,7 +59,7 @@ export function buildRuntime(config: Config, db: Db, parts: { transport?: Transp
       const amo = amoResources(http);
       return {
         holder, tokens, oauth, amo,
-        sync: { db, amo, log, clock, settings: { pipelineId: config.pipelineId, stageIds: config.stageIds, maxAttempts: config.maxAttempts, requestTimeoutMs: config.amocrm.timeoutMs } },
+        sync: { db, amo, log, clock, settings: { funnels, maxAttempts: config.maxAttempts, requestTimeoutMs: config.amocrm.timeoutMs } },
       };
     },
   };

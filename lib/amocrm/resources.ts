@@ -161,11 +161,11 @@ function moves(http: AmoHttp) {
      * means amoCRM refused the batch (a validation error on some item, nothing applied):
      * the caller moves those deals one by one to find out which.
      */
-    async moveLeads(moves: { id: number; statusId: number }[], pipelineId: number, signal?: AbortSignal): Promise<'ok' | 'rejected'> {
+    async moveLeads(moves: { id: number; statusId: number; pipelineId?: number }[], pipelineId: number, signal?: AbortSignal): Promise<'ok' | 'rejected'> {
       if (moves.length > MAX_BATCH_MOVES) throw new RangeError(`at most ${MAX_BATCH_MOVES} moves per batch`);
       const res = await http.request({
         method: 'PATCH', path: '/api/v4/leads',
-        body: moves.map((m) => ({ id: m.id, pipeline_id: pipelineId, status_id: m.statusId, request_id: String(m.id) })),
+        body: moves.map((m) => ({ id: m.id, pipeline_id: m.pipelineId ?? pipelineId, status_id: m.statusId, request_id: String(m.id) })),
         answers: [400, 404, 422],
         signal,
       });

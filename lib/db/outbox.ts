@@ -9,9 +9,13 @@ export interface ClaimedEvent {
   email: string | null;
   lesson_id: number;
   stage_number: number;
+  /** The funnel whose step the lesson is (absent: today's single funnel). */
+  funnel_key?: string;
+  /** The funnels' version in force when the event was claimed (null: none saved yet). */
+  funnels_version?: number | null;
   status: string;
   attempts: number;
-  /** The deal remembered for this student, if any. */
+  /** The deal remembered for this student in the funnel's pipeline, if any. */
   cached_lead_id: number | null;
   /** The mirror (amoCRM's hooks) knows the remembered deal is closed: no read needed. */
   cached_lead_closed?: 'won' | 'lost' | null;
@@ -118,11 +122,17 @@ export function recordEvent(db: Db, e: { userId: string; lessonId: number; progr
   });
 }
 
-/** Stores the deals a batch's searches found (one per student), before anything else can go wrong. */
-export async function rememberLeads(db: Db, found: { userId: string; leadId: number; contactId?: number; email?: string | null }[]): Promise<void> {
+/**
+ * Stores the deals a batch's searches found (one per student and pipeline), before
+ * anything else can go wrong. `keepExisting`: a deal already remembered there stays.
+ */
+export async function rememberLeads(db: Db, found: { userId: string; pipelineId?: number; leadId: number; contactId?: number; email?: string | null; keepExisting?: boolean }[]): Promise<void> {
   if (!found.length) return;
   await db.rpc('amocrm_remember_leads', {
-    p_leads: found.map((f) => ({ user_id: f.userId, lead_id: f.leadId, contact_id: f.contactId, email: f.email ?? undefined })),
+    p_leads: found.map((f) => ({
+      user_id: f.userId, pipeline_id: f.pipelineId, lead_id: f.leadId, contact_id: f.contactId, email: f.email ?? undefined,
+      keep_existing: f.keepExisting,
+    })),
   });
 }
 

@@ -36,8 +36,8 @@ export interface FunnelConfig {
 /** The funnel the environment describes (AMOCRM_PIPELINE_ID, AMOCRM_STAGE_LESSON_1..3): version 1. */
 export const ENV_FUNNEL_KEY = 'tripwire';
 export const ENV_CHANGED_BY = 'env';
-/** The lesson events' stage_number column holds a step's position (1-based). */
-export const MAX_STEPS = 50;
+/** The lesson events' stage_number column holds a step's position (1..9). */
+export const MAX_STEPS = 9;
 
 const id = z.number().int().positive().max(2 ** 53);
 

@@ -3,11 +3,11 @@ import type { Clock } from '../clock.ts';
 import type { Db } from '../db/port.ts';
 import type { Logger } from '../log.ts';
 import type { AmoResources } from '../amocrm/resources.ts';
+import type { FunnelSource } from '../funnels/source.ts';
 
 export interface SyncSettings {
-  pipelineId: number;
-  /** Stage ids in Tripwire order: index 0 = lesson 1. */
-  stageIds: readonly number[];
+  /** The funnels in force: each event's pipeline and steps. */
+  funnels: FunnelSource;
   maxAttempts: number;
   /** How long an amoCRM request may take before it counts as unanswered. */
   requestTimeoutMs: number;

@@ -7,6 +7,8 @@
 // events first). A student without a deal yet is simply searched again at the first lesson.
 import { AmoError } from '../amocrm/errors.ts';
 import { claimLookahead, finishLookahead, type LookaheadJob } from '../db/lookahead-jobs.ts';
+import { rememberLeads } from '../db/outbox.ts';
+import type { Lead } from '../amocrm/resources.ts';
 import type { Runtime } from '../runtime.ts';
 import { chooseFromSearch, searchStudent, type StudentSearch } from './find-deal.ts';
 import { errorText } from '../log.ts';
@@ -84,22 +86,36 @@ export async function runLookahead(rt: Runtime, limit = 20): Promise<LookaheadRe
   // In the claim's order, whatever order the searches came back in.
   const searched = jobs.filter((j) => searches.has(j));
   let leads;
+  let pipelines: number[];
   try {
     leads = await inv.amo.getLeads(searched.flatMap((j) => searches.get(j)!.exactLeadIds));
+    pipelines = [...new Set((await inv.sync.settings.funnels.current()).map((f) => f.pipelineId))];
   } catch (err) {
     for (const job of searched) await settle(job, err);
     return report;
   }
   for (const job of searched) {
-    const choice = chooseFromSearch(searches.get(job)!, leads, rt.config.pipelineId);
-    if (choice.lead) {
-      report.found++;
-      await finishLookahead(db, job.user_id, inv.holder, 'found', { leadId: choice.lead.id, contactId: choice.contactId });
-    } else {
-      report.noDeal++;
-      await finishLookahead(db, job.user_id, inv.holder, 'no_deal', { code: choice.reason });
-    }
+    if (await keepFound(rt, inv.holder, job, searches.get(job)!, leads, pipelines)) report.found++;
+    else report.noDeal++;
   }
   if (report.found) rt.log.ok('Сделки найдены заранее для новых студентов', { found: report.found, no_deal: report.noDeal });
   return report;
+}
+
+/**
+ * The student's deal in each funnel's pipeline, remembered. The first funnel's goes with
+ * the job's outcome; the others' are kept unless a lesson remembered one meanwhile.
+ */
+async function keepFound(rt: Runtime, holder: string, job: LookaheadJob, search: StudentSearch, leads: Lead[], pipelines: number[]): Promise<boolean> {
+  const [first, ...others] = pipelines.map((pipelineId) => ({ pipelineId, choice: chooseFromSearch(search, leads, pipelineId) }));
+  const more = others.filter((o) => o.choice.lead);
+  await rememberLeads(rt.db, more.map((o) => ({
+    userId: job.user_id, pipelineId: o.pipelineId, leadId: o.choice.lead!.id, contactId: o.choice.contactId, email: job.email, keepExisting: true,
+  })));
+  if (!first?.choice.lead && !more.length) {
+    await finishLookahead(rt.db, job.user_id, holder, 'no_deal', { code: first?.choice.reason });
+    return false;
+  }
+  await finishLookahead(rt.db, job.user_id, holder, 'found', { leadId: first?.choice.lead?.id, contactId: first?.choice.contactId });
+  return true;
 }

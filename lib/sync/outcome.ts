@@ -8,6 +8,7 @@ import { finishEvents, type ClaimedEvent, type FinishItem, type FinishResult } f
 import { backoffMs, type MoveDecision } from './decide.ts';
 import type { SyncDeps } from './deps.ts';
 import { errorText } from '../log.ts';
+import { ENV_FUNNEL_KEY } from '../funnels/model.ts';
 
 /** An event's status once a step is done with it. */
 export type OutcomeStatus = 'done' | 'skipped' | 'failed' | 'parked' | 'dead' | 'retry' | 'deferred';
@@ -24,7 +25,12 @@ export interface EventOutcome {
   retryInMs?: number;
 }
 
-const contextOf = (event: ClaimedEvent) => ({ event: event.id, lesson: event.lesson_id, email: event.email ?? '-' });
+// The funnel is named only beside today's single one, so today's lines read as before.
+const contextOf = (event: ClaimedEvent) => ({
+  event: event.id, lesson: event.lesson_id,
+  ...(event.funnel_key && event.funnel_key !== ENV_FUNNEL_KEY ? { funnel: event.funnel_key } : {}),
+  email: event.email ?? '-',
+});
 
 export interface Found {
   lead: Lead;

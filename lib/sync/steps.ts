@@ -16,6 +16,7 @@ import { decideMove, type MoveDecision } from './decide.ts';
 import type { SyncDeps } from './deps.ts';
 import { chooseFromSearch, chosenOrThrow, noEmail, rememberedStillUsable, searchStudent, type StudentSearch } from './find-deal.ts';
 import { closedByMirrorOutcome, decisionOutcome, deferredOutcome, recordOutcomes, type EventOutcome, type Found } from './outcome.ts';
+import { routeOf, type Route } from './route.ts';
 
 export { UNCERTAIN_MOVE_HOLD_MS } from './batch.ts';
 
@@ -24,7 +25,11 @@ interface Plan {
   found: Found;
   decision: MoveDecision;
   target: number;
+  pipelineId: number;
 }
+
+/** Each open event's funnel, pipeline and step; an event without one fails alone. */
+type Routes = Map<ClaimedEvent, Route>;
 
 /**
  * Contact searches of one batch in flight together. One at a time, amoCRM's answer time
@@ -36,9 +41,10 @@ export const SEARCHES_IN_FLIGHT = 3;
 export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], holder: string): Promise<EventOutcome[]> {
   const batch = new Batch(deps, events, holder);
   for (const event of events) if (!event.email) await batch.guarded(event, async () => { throw noEmail(); });
-  const found = await readRememberedDeals(batch);
-  await searchUnknownStudents(batch, found);
-  const plans = await planMoves(batch, found);
+  const routes = await routeEvents(batch);
+  const found = await readRememberedDeals(batch, routes);
+  await searchUnknownStudents(batch, found, routes);
+  const plans = await planMoves(batch, found, routes);
   await sendMoves(batch, plans);
   // Nothing to move (already there, or skipped): the decision is the outcome.
   for (const plan of plans) if (!batch.outcomes.has(plan.event)) batch.settle(plan.event, decisionOutcome(deps, plan.event, plan.found, plan.decision, plan.target));
@@ -47,11 +53,30 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
 }
 
 /**
- * Remembered deals: those the mirror knows are closed need no read; the others are read
- * together. A remembered deal that is gone, closed or out of the pipeline is forgotten
- * and its student searched afresh (left without a found deal here).
+ * The funnels in force (read again only when the events say a newer version was saved),
+ * and each event's route in them: its funnel's pipeline and the step of its lesson.
  */
-async function readRememberedDeals(batch: Batch): Promise<Map<ClaimedEvent, Found>> {
+async function routeEvents(batch: Batch): Promise<Routes> {
+  const { settings } = batch.deps;
+  const routes: Routes = new Map();
+  const open = batch.open();
+  if (!open.length) return routes;
+  const newest = Math.max(...open.map((e) => e.funnels_version ?? 0));
+  const funnels = await batch.shared(open, () => settings.funnels.current(newest || null));
+  if (!funnels) return routes;
+  for (const event of open) {
+    const route = await batch.guarded(event, async () => routeOf(funnels, event));
+    if (route) routes.set(event, route);
+  }
+  return routes;
+}
+
+/**
+ * Remembered deals: those the mirror knows are closed need no read; the others are read
+ * together. A remembered deal that is gone, closed or out of its funnel's pipeline is
+ * forgotten and its student searched afresh (left without a found deal here).
+ */
+async function readRememberedDeals(batch: Batch, routes: Routes): Promise<Map<ClaimedEvent, Found>> {
   const { deps } = batch;
   for (const event of batch.open()) if (event.cached_lead_id && event.cached_lead_closed) batch.settle(event, closedByMirrorOutcome(deps, event));
   const found = new Map<ClaimedEvent, Found>();
@@ -61,14 +86,14 @@ async function readRememberedDeals(batch: Batch): Promise<Map<ClaimedEvent, Foun
   const byId = new Map((leads ?? []).map((l) => [l.id, l] as const));
   for (const event of remembered.filter((e) => !batch.outcomes.has(e))) {
     const lead = byId.get(event.cached_lead_id!);
-    if (rememberedStillUsable(lead, deps.settings.pipelineId)) found.set(event, { lead: lead! });
+    if (rememberedStillUsable(lead, routes.get(event)!.pipelineId)) found.set(event, { lead: lead! });
     else await batch.guarded(event, () => forgetLead(deps.db, event.user_id, event.cached_lead_id!));
   }
   return found;
 }
 
 /** Students with no usable deal: one contact search each, then all their deals in one read. */
-async function searchUnknownStudents(batch: Batch, found: Map<ClaimedEvent, Found>): Promise<void> {
+async function searchUnknownStudents(batch: Batch, found: Map<ClaimedEvent, Found>, routes: Routes): Promise<void> {
   const { deps } = batch;
   const toSearch = batch.open().filter((e) => !found.has(e));
   const searches = new Map<ClaimedEvent, StudentSearch>();
@@ -88,10 +113,11 @@ async function searchUnknownStudents(batch: Batch, found: Map<ClaimedEvent, Foun
   const candidates = candidateIds.length ? await batch.shared(searched, () => deps.amo.getLeads(candidateIds)) : [];
   const chosenNow: Parameters<typeof rememberLeads>[1] = [];
   for (const event of searched.filter((e) => !batch.outcomes.has(e))) {
-    const chosen = await batch.guarded(event, async () => chosenOrThrow(chooseFromSearch(searches.get(event)!, candidates ?? [], deps.settings.pipelineId)));
+    const { pipelineId } = routes.get(event)!;
+    const chosen = await batch.guarded(event, async () => chosenOrThrow(chooseFromSearch(searches.get(event)!, candidates ?? [], pipelineId)));
     if (!chosen) continue;
     found.set(event, chosen);
-    chosenNow.push({ userId: event.user_id, leadId: chosen.lead.id, contactId: chosen.contactId, email: event.email });
+    chosenNow.push({ userId: event.user_id, pipelineId, leadId: chosen.lead.id, contactId: chosen.contactId, email: event.email });
   }
   // Kept now, all in one call: a deferred, retried or failed event never pays its search
   // again. Losing this write costs only that (a done event records its deal anyway).
@@ -103,16 +129,20 @@ async function searchUnknownStudents(batch: Batch, found: Map<ClaimedEvent, Foun
  * only if needed. Two students on one deal: the later event waits for the next run, so no
  * two moves of one deal are planned from the same read.
  */
-async function planMoves(batch: Batch, found: Map<ClaimedEvent, Found>): Promise<Plan[]> {
+async function planMoves(batch: Batch, found: Map<ClaimedEvent, Found>, routes: Routes): Promise<Plan[]> {
   const { deps } = batch;
-  let order: Promise<PipelineStatus[] | undefined> | undefined;
-  const stageOrder = () => (order ??= pipelineOrder(deps));
+  const orders = new Map<number, Promise<PipelineStatus[] | undefined>>();
+  const stageOrder = (pipelineId: number) => () => {
+    if (!orders.has(pipelineId)) orders.set(pipelineId, pipelineOrder(deps, pipelineId));
+    return orders.get(pipelineId)!;
+  };
   await batch.keepClaims();
   const byLead = new Map<number, Plan>();
   for (const event of batch.open()) {
     const f = found.get(event);
     if (!f) continue;
-    const plan = await batch.guarded(event, async () => ({ event, found: f, ...(await decide(deps, event, f.lead, stageOrder)) }), f);
+    const route = routes.get(event)!;
+    const plan = await batch.guarded(event, async () => ({ event, found: f, pipelineId: route.pipelineId, ...(await decide(route, f.lead, stageOrder(route.pipelineId))) }), f);
     if (!plan) continue;
     if (byLead.has(plan.found.lead.id)) {
       batch.settle(event, deferredOutcome(deps, event, new AmoError('retryable', 'deal_shared', 'другое событие этой сделки в том же пакете'), f));
@@ -128,19 +158,19 @@ async function planMoves(batch: Batch, found: Map<ClaimedEvent, Found>): Promise
  */
 async function sendMoves(batch: Batch, plans: Plan[]): Promise<void> {
   const { deps } = batch;
-  const { amo, settings } = deps;
+  const { amo } = deps;
   const moves = plans.filter((p) => p.decision.action === 'move');
   const planOf = new Map(moves.map((p) => [p.event, p] as const));
   const held = async (group: Plan[]) => (await batch.holdMoves(group)).map((e) => planOf.get(e)!);
   const moveOne = (plan: Plan) => batch.guarded(plan.event, async () => {
-    await amo.moveLead(plan.found.lead.id, settings.pipelineId, plan.target, batch.sendWindow());
+    await amo.moveLead(plan.found.lead.id, plan.pipelineId, plan.target, batch.sendWindow());
     return true;
   }, plan.found, true);
   for (const chunk of chunks(moves, MAX_BATCH_MOVES)) {
     const live = await held(chunk);
     if (!live.length) continue;
     const result = live.length === 1 ? 'one_by_one'
-      : await batch.shared(live.map((p) => p.event), () => amo.moveLeads(live.map((p) => ({ id: p.found.lead.id, statusId: p.target })), settings.pipelineId, batch.sendWindow()), true);
+      : await batch.shared(live.map((p) => p.event), () => amo.moveLeads(live.map((p) => ({ id: p.found.lead.id, statusId: p.target, pipelineId: p.pipelineId })), live[0]!.pipelineId, batch.sendWindow()), true);
     for (const plan of live) {
       if (batch.outcomes.has(plan.event)) continue;
       const moved = result === 'ok'
@@ -150,28 +180,23 @@ async function sendMoves(batch: Batch, plans: Plan[]): Promise<void> {
   }
 }
 
-/** The forward-only decision for this event's lesson against the deal's current stage. */
+/** The forward-only decision for this event's lesson against the deal's current stage, within its funnel. */
 async function decide(
-  deps: SyncDeps, event: ClaimedEvent, lead: Lead, stageOrder: () => Promise<PipelineStatus[] | undefined>,
+  route: Route, lead: Lead, stageOrder: () => Promise<PipelineStatus[] | undefined>,
 ): Promise<{ target: number; decision: MoveDecision }> {
-  const { stageIds } = deps.settings;
-  const targetIndex = event.stage_number - 1;
-  const target = stageIds[targetIndex];
-  if (target === undefined) {
-    throw new AmoError('permanent', 'no_stage', `нет этапа для урока ${event.stage_number}: настроено ${stageIds.length}`,
-      { whatToDo: 'проверьте tripwire_lessons в amocrm.system_settings: номера этапов 1–3' });
-  }
+  const { stageIds, targetIndex } = route;
+  const target = stageIds[targetIndex]!;
   const order = stageIds.includes(lead.status_id) ? undefined : await stageOrder();
   return { target, decision: decideMove(lead.status_id, targetIndex, stageIds, order) };
 }
 
-/** The pipeline's stage order, cached in the database for an hour (one read per hour, not per event). */
-export async function pipelineOrder(deps: SyncDeps): Promise<PipelineStatus[] | undefined> {
-  const { db, amo, settings } = deps;
-  const cached = await getCachedPipeline(db, settings.pipelineId);
+/** A pipeline's stage order, cached in the database for an hour (one read per hour, not per event). */
+export async function pipelineOrder(deps: SyncDeps, pipelineId: number): Promise<PipelineStatus[] | undefined> {
+  const { db, amo } = deps;
+  const cached = await getCachedPipeline(db, pipelineId);
   if (cached) return cached;
-  const pipeline = await amo.getPipeline(settings.pipelineId);
+  const pipeline = await amo.getPipeline(pipelineId);
   if (!pipeline) return undefined;
-  await putCachedPipeline(db, settings.pipelineId, { statuses: pipeline.statuses, name: pipeline.name });
+  await putCachedPipeline(db, pipelineId, { statuses: pipeline.statuses, name: pipeline.name });
   return pipeline.statuses;
 }

@@ -62,6 +62,8 @@ export async function runSweep(rt: Runtime, options: SweepOptions = {}): Promise
     if (!(err instanceof AmoError)) log.fail('Плановое обновление токена не удалось', { error: String((err as Error).message) });
   }
 
+  // Before anything reads them: while no funnel is saved, today's variables become version 1.
+  await inv.sync.settings.funnels.current();
   report.reconciled = await reconcile(db);
   if (report.reconciled > 0) log.warn('Найдены завершения уроков без событий: события созданы', { created: report.reconciled });
 

@@ -2,7 +2,8 @@
 // (the stand-in's events feed holds every stage change, who made it and from where) and the
 // database. Each returns the violations it found, one line each.
 import { STANDIN_USERS, type StandinEvent } from '../../dev/amocrm-standin/index.ts';
-import { STAGE } from '../helpers/stack.ts';
+import { currentFunnels } from '../../lib/db/funnels.ts';
+import { PIPELINE, STAGE } from '../helpers/stack.ts';
 import type { Student } from './actors.ts';
 import type { ManagerAction, Scenario } from './scenario.ts';
 import type { World } from './world.ts';
@@ -12,11 +13,25 @@ export interface Violation { invariant: InvariantName; detail: string }
 
 const WON = 142;
 const LOST = 143;
-const ORDER: Record<number, number> = { [STAGE.incoming]: 0, [STAGE.lesson1]: 1, [STAGE.lesson2]: 2, [STAGE.lesson3]: 3, [STAGE.paid]: 4 };
+/** The Tripwire pipeline's stages around the funnel's own: before its first step, after its last. */
+const AROUND: Record<number, number> = { [STAGE.incoming]: 0, [STAGE.paid]: 100 };
 const STAGE_OF_LESSON: Record<number, number> = { 67: STAGE.lesson1, 68: STAGE.lesson2, 69: STAGE.lesson3 };
 const FINAL = ['done', 'skipped', 'failed', 'dead', 'parked'];
 
 const after = (e: StandinEvent) => e.value_after[0]?.lead_status.id;
+const pipelineOf = (e: StandinEvent) => e.value_after[0]?.lead_status.pipeline_id;
+
+/** Per pipeline, each funnel step's stage by its position: forward only is per funnel. */
+async function funnelOrders(w: World): Promise<Map<number, Record<number, number>>> {
+  const orders = new Map<number, Record<number, number>>([[PIPELINE, { ...AROUND }]]);
+  const tripwire = { pipelineId: PIPELINE, steps: [STAGE.lesson1, STAGE.lesson2, STAGE.lesson3].map((stageId) => ({ stageId })) };
+  for (const f of (await currentFunnels(w.s.t.db))?.funnels ?? [tripwire]) {
+    const order = orders.get(f.pipelineId) ?? {};
+    f.steps.forEach((step, i) => { order[step.stageId] = i + 1; });
+    orders.set(f.pipelineId, order);
+  }
+  return orders;
+}
 const before = (e: StandinEvent) => e.value_before[0]?.lead_status.id;
 
 export async function checkAll(w: World, scenario: Scenario, students: Student[], injected429: number): Promise<Violation[]> {
@@ -25,8 +40,10 @@ export async function checkAll(w: World, scenario: Scenario, students: Student[]
   const leads = new Set(students.map((s) => s.leadId));
   const changes = w.s.amo.leadEvents().filter((e) => e.type === 'lead_status_changed' && leads.has(e.entity_id));
 
-  // 1. amoCRM's ledger: the sync never moved a deal backwards, never touched a won or lost one.
+  // 1. amoCRM's ledger: the sync never moved a deal backwards within a funnel, never touched a won or lost one.
+  const orders = await funnelOrders(w);
   for (const e of changes) {
+    const ORDER = orders.get(pipelineOf(e) ?? 0) ?? {};
     if (e.created_by !== STANDIN_USERS.api) continue;
     const [b, a] = [before(e)!, after(e)!];
     if (b === WON || b === LOST) add('closed_untouched', `deal ${e.entity_id}: the sync moved a ${b === WON ? 'won' : 'lost'} deal to ${a}`);
@@ -65,6 +82,7 @@ export async function checkAll(w: World, scenario: Scenario, students: Student[]
   }
 
   // 4. What a done event says holds: with no manager in the way, the deal is at the newest completed lesson's stage.
+  const ORDER = orders.get(PIPELINE)!;
   students.forEach((st, i) => {
     const plan = scenario.students[i]!;
     if (plan.manager) return;
