@@ -22,7 +22,7 @@ import { createStack, STAGE, type Stack } from './helpers/stack.ts';
 const TOKEN_SHAPED = /standin-(?:at|rt)-[0-9a-f]+|standin-client-secret|local-demo-webhook-secret|eyJ[A-Za-z0-9_-]{8,}/;
 const ALL_CHECKS = [
   'env', 'stage ids', 'OAuth', 'database', 'migrations', 'trigger', 'pg_net', 'webhook URL', 'webhook secret',
-  'lessons', 'RLS', 'outbox', 'tokens', 'amoCRM', 'pipeline', 'amoCRM hook',
+  'lessons', 'RLS', 'outbox', 'tokens', 'amoCRM', 'pipeline', 'funnel tripwire', 'amoCRM hook',
 ];
 
 const fails = (results: CheckResult[]) => results.filter((r) => r.status === 'fail');

@@ -9,6 +9,7 @@
 //   academy.ts      the Tripwire lessons, RLS, the outbox
 //   tokens.ts       the stored tokens
 //   amocrm.ts       the account, the pipeline, the stages
+//   funnels.ts      every saved funnel against amoCRM and the lessons (lib/funnels/check.ts)
 //   hook.ts         amoCRM's hook (the reverse direction)
 //   alerts.ts       the alert channels (a test message with --alert-test)
 // A result never carries a secret: tokens, the client secret, the service key and the
@@ -21,6 +22,7 @@ import { checkAcademy } from './academy.ts';
 import { checkAlerts } from './alerts.ts';
 import { checkAmo } from './amocrm.ts';
 import { checkEnvironment } from './environment.ts';
+import { checkSavedFunnels, envFunnel } from './funnels.ts';
 import { expectedSchema } from './expected.ts';
 import { loadFacts } from './facts.ts';
 import { checkReverse } from './hook.ts';
@@ -78,6 +80,11 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
     add('warn', 'amoCRM', 'not checked: no usable tokens (see tokens above)');
   } else {
     accountAnswered = await checkAmo(runtime, add);
+  }
+  if (runtime && accountAnswered && deps.db && facts) {
+    const amo = runtime.invocation(10_000).amo;
+    const fromEnv = envFunnel(runtime.config.pipelineId, runtime.config.stageIds, facts.tripwire_lessons);
+    await checkSavedFunnels(deps.db, () => amo.listPipelines(), fromEnv, add);
   }
 
   if (!bad.has('AMOCRM_HOOK_SECRET')) await checkReverse(runtime, accountAnswered, values.AMOCRM_HOOK_SECRET, values.URL, facts, add);
