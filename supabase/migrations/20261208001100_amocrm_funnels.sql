@@ -94,7 +94,7 @@ language plpgsql immutable set search_path = '' as $$
 declare
   f jsonb;
   s jsonb;
-  v_keys text[] := '{}';
+  v_keys text[] := '{}'::text[];
   v_lessons bigint[];
   v_lesson jsonb;
 begin
@@ -119,7 +119,7 @@ begin
        or jsonb_array_length(f->'steps') > 9 then
       return format('funnel %s needs 1 to 9 steps', f->>'key');
     end if;
-    v_lessons := '{}';
+    v_lessons := '{}'::bigint[];
     for s in select x from jsonb_array_elements(f->'steps') x loop
       if jsonb_typeof(s->'stageId') is distinct from 'number' or (s->>'stageId') !~ '^[1-9][0-9]{0,15}$' then
         return format('funnel %s: every step needs a stageId (a positive integer)', f->>'key');
@@ -481,7 +481,6 @@ declare
   v_created integer := 0;
   v_before bigint;
   r record;
-  v record;
 begin
   select array_agg(distinct x.lesson) into v_lessons
     from (select l::text::integer as lesson
@@ -504,8 +503,8 @@ begin
   loop
     if amocrm.row_is_completed(r.j) then
       select count(*) into v_before from amocrm.sync_events e where e.user_id = r.user_id and e.lesson_id = r.lesson_id;
-      select * into v from amocrm.record_event(r.user_id, r.lesson_id, 'reconcile', r.j->>'id');
-      select v_created + count(*) - v_before into v_created from amocrm.sync_events e
+      perform amocrm.record_event(r.user_id, r.lesson_id, 'reconcile', r.j->>'id');
+      select (v_created + count(*) - v_before)::integer into v_created from amocrm.sync_events e
        where e.user_id = r.user_id and e.lesson_id = r.lesson_id;
     end if;
   end loop;

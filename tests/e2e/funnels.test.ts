@@ -4,6 +4,7 @@
 // replayed, and today's variables becoming the first funnel on first use. Checked on what
 // amoCRM applied (the stand-in's history of each deal), not on the code path.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { applyChanges } from '../../lib/db/deal-mirror.ts';
 import { currentFunnels, funnelHistory, setFunnels } from '../../lib/db/funnels.ts';
 import type { Funnel } from '../../lib/funnels/model.ts';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
@@ -128,6 +129,22 @@ describe('two funnels in two pipelines', () => {
     expect((await eventsOf(s, st.userId)).map((e) => [e.lesson_id, e.status, e.code])).toEqual([[101, 'skipped', 'past_tripwire'], [68, 'done', null]]);
     expect(s.amo.lead(courseLead)!.statusId).toBe(B.paid);
     expect(s.amo.lead(tripwireLead)!.statusId).toBe(STAGE.lesson2);
+  });
+
+  it('amoCRM\'s change of a deal in the second funnel\'s pipeline keeps it remembered; leaving that pipeline forgets it', async () => {
+    const st = await twoDeals('mirror');
+    await s.complete(st.userId, 101);
+    await dueNow(s);
+    await drain(s);
+    const remembered = () => s.t.sql(`select pipeline_id from amocrm.student_leads where user_id = $1 order by pipeline_id`, [st.userId])
+      .then((rows) => rows.map((r) => Number(r.pipeline_id)));
+    expect(await remembered()).toEqual([COURSE]);
+    const at = Math.floor(Date.now() / 1000);
+    // The mirror is told with the Tripwire pipeline as AMOCRM_PIPELINE_ID, as the sync calls it.
+    await applyChanges(s.t.db, [{ lead_id: st.courseLead, action: 'status', pipeline_id: COURSE, status_id: B.step3, old_status_id: B.step1, modified_at: at }], 'feed', PIPELINE);
+    expect(await remembered()).toEqual([COURSE]);
+    await applyChanges(s.t.db, [{ lead_id: st.courseLead, action: 'status', pipeline_id: PIPELINE, status_id: STAGE.incoming, old_pipeline_id: COURSE, old_status_id: B.step3, modified_at: at + 1 }], 'feed', PIPELINE);
+    expect(await remembered()).toEqual([]);
   });
 
   it('look-ahead remembers the student\'s deal in every funnel\'s pipeline', async () => {

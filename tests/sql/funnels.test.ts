@@ -4,7 +4,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { currentFunnels, ensureFunnels, funnelHistory, lessonFacts, rollbackFunnels, setFunnels } from '../../lib/db/funnels.ts';
 import type { Funnel } from '../../lib/funnels/model.ts';
-import { createTestDatabase, type TestDatabase } from '../helpers/db.ts';
+import { createTestDatabase, usingPostgres, type TestDatabase } from '../helpers/db.ts';
 import { completeLesson, createUser, eventsOf, uniqueEmail } from './support.ts';
 
 const ENV = { pipelineId: 7000001, stageIds: [70011, 70012, 70013] };
@@ -79,6 +79,35 @@ describe('the configuration in versions', () => {
     await completeLesson(t, user, 103);
     const events = await eventsOf(t, user);
     expect(events.map((e) => [e.lesson_id, e.funnel_key, e.stage_number])).toEqual([[103, 'course-b', 2]]);
+  });
+});
+
+describe('today\'s tripwire_lessons setting', () => {
+  it('keeps working while the version in force is the environment\'s; an editor\'s version replaces it', async () => {
+    await ensureFunnels(t.db, ENV);
+    await t.sql(`update amocrm.system_settings set value = value || '{"70": 3}' where key = 'tripwire_lessons'`);
+    expect(await triggerLessons()).toEqual([67, 68, 69, 70]);
+    const user = await createUser(t, uniqueEmail('setting'));
+    await completeLesson(t, user, 70);
+    expect((await eventsOf(t, user)).map((e) => [e.lesson_id, e.funnel_key, e.stage_number])).toEqual([[70, 'tripwire', 3]]);
+
+    await setFunnels(t.db, { funnels: [course], changedBy: 'ann', expectedVersion: 1 });
+    await t.sql(`update amocrm.system_settings set value = value || '{"66": 1}' where key = 'tripwire_lessons'`);
+    expect(await triggerLessons()).toEqual([101, 102, 103]);
+    await completeLesson(t, user, 66);
+    await completeLesson(t, user, 101);
+    expect((await eventsOf(t, user)).map((e) => [e.lesson_id, e.funnel_key])).toEqual([[70, 'tripwire'], [101, 'course-b']]);
+  });
+});
+
+describe.runIf(usingPostgres)('two editors at once (PostgreSQL)', () => {
+  it('on the same version: exactly one is saved, the other refused', async () => {
+    await ensureFunnels(t.db, ENV);
+    const dbs = await Promise.all([t.newDb(2), t.newDb(2)]);
+    const answers = await Promise.all(dbs.map((db, i) => setFunnels(db, { funnels: i ? [course] : [tripwire(), course], changedBy: `editor${i}`, expectedVersion: 1 })));
+    expect(answers.filter((a) => a.saved)).toHaveLength(1);
+    expect(answers.filter((a) => !a.saved)).toEqual([expect.objectContaining({ reason: 'version_conflict', currentVersion: 2 })]);
+    expect((await funnelHistory(t.db)).map((v) => v.version)).toEqual([2, 1]);
   });
 });
 
