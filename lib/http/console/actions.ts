@@ -13,7 +13,7 @@ import { crossOriginRefusal } from './security.ts';
 import { dryRunView, problemView, replayResultView, resumeResultView } from './views/actions.ts';
 
 /** The Basic auth user name the operator typed (any name is accepted), for the log line. */
-function operatorName(req: Request): string | undefined {
+export function operatorName(req: Request): string | undefined {
   const credentials = basicCredentials(req.headers);
   if (!credentials) return /^Bearer\s/i.test(req.headers.get('authorization') ?? '') ? 'bearer' : undefined;
   return credentials.user.replace(/[^\p{L}\p{N}._@-]/gu, '').slice(0, 40) || 'basic';
@@ -71,7 +71,7 @@ const refused = (reason: string): Rendered => ({
 });
 
 /** Same-origin check first; every refusal is logged. */
-function guard(rt: Runtime, ctx: RenderContext, action: string): Rendered | null {
+export function guard(rt: Runtime, ctx: RenderContext, action: string): Rendered | null {
   const reason = crossOriginRefusal(ctx.req, rt.config.replayToken);
   if (!reason) return null;
   rt.log.warn('Консоль: действие отклонено', { action, reason, user: operatorName(ctx.req) });

@@ -24,6 +24,7 @@ th{font-weight:600;color:#374151;background:#f9fafb;white-space:nowrap}td.n,th.n
 .s-done{background:#dcfce7;color:#14532d}.s-failed,.s-dead{background:#fee2e2;color:#7f1d1d}.s-parked{background:#ffedd5;color:#7c2d12}
 .s-skipped{background:#f3f4f6;color:#374151}.s-pending,.s-processing,.s-deferred{background:#dbeafe;color:#1e3a8a}
 form.filters{display:flex;flex-wrap:wrap;gap:.5em .8em;align-items:end}form.filters label{display:flex;flex-direction:column;font-size:.85em;color:var(--m)}
+textarea{display:block;width:100%;margin:.3em 0 .6em;padding:.4em;border:1px solid #9ca3af;border-radius:4px}
 input,select,button{font:inherit;padding:.3em .45em;border:1px solid #9ca3af;border-radius:4px;background:#fff}
 button{cursor:pointer;background:#2563eb;color:#fff;border-color:#2563eb}button.secondary{background:#fff;color:#1f2937;border-color:#9ca3af}
 button.danger{background:#b91c1c;border-color:#b91c1c}
@@ -53,10 +54,11 @@ if (every > 0) {
 }
 `;
 
-export type View = 'funnel' | 'health' | 'events' | 'student' | 'action';
+export type View = 'funnel' | 'funnels' | 'health' | 'events' | 'student' | 'action';
 
 const NAV: [View, string, string][] = [
   ['funnel', 'Воронка', '/'],
+  ['funnels', 'Настройка воронок', '/funnels'],
   ['health', 'Здоровье', '/health'],
   ['events', 'События', '/events'],
   ['student', 'Студент', '/student'],

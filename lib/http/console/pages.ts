@@ -2,21 +2,25 @@
 import { consoleEvent, consoleEvents, consoleFunnel, consoleHealth, consoleStudent } from '../../db/console.ts';
 import type { Runtime } from '../../runtime.ts';
 import { html } from './html.ts';
-import { ConsoleInputError, keep, parseBucket, parseEventQuery, parsePeriod } from './query.ts';
+import { ConsoleInputError, href, keep, parseBucket, parseEventQuery, parsePeriod } from './query.ts';
 import type { RenderContext, Rendered } from './render.ts';
 import { eventView } from './views/event.ts';
 import { eventsView, filterParams } from './views/events.ts';
 import { funnelLessons, funnelView } from './views/funnel.ts';
+import { configuredFunnels, studentFunnels } from './views/funnels.ts';
+import { displayFacts, funnelsInForce } from './funnels.ts';
 import { healthView } from './views/health.ts';
 import { studentView } from './views/student.ts';
 
 export async function funnelPage(rt: Runtime, ctx: RenderContext): Promise<Rendered> {
   const period = parsePeriod(ctx.params, ctx.nowMs);
-  const funnel = await consoleFunnel(rt.db, { from: period.from, to: period.to });
+  const [funnel, config] = await Promise.all([consoleFunnel(rt.db, { from: period.from, to: period.to }), funnelsInForce(rt)]);
+  const facts = await displayFacts(rt, config?.funnels ?? []);
   return {
     title: 'Воронка', view: 'funnel', refreshes: true,
-    body: funnelView(rt.config, funnel, period, keep(ctx.params, ['refresh'])),
-    data: { period, ...funnel, lessons: funnelLessons(rt.config, funnel).map(({ known: _known, ...l }) => l).filter((l) => l.lesson_id) },
+    body: html`${funnelView(rt.config, funnel, period, keep(ctx.params, ['refresh']))}
+<section aria-labelledby="configured"><h2 id="configured">Настроенные воронки</h2>${configuredFunnels(config, facts)}<p><a href="${href('/funnels')}">изменить воронки, история, откат</a></p></section>`,
+    data: { period, ...funnel, lessons: funnelLessons(rt.config, funnel).map(({ known: _known, ...l }) => l).filter((l) => l.lesson_id), funnels: config },
   };
 }
 
@@ -61,10 +65,14 @@ export async function studentPage(rt: Runtime, ctx: RenderContext): Promise<Rend
   const q = ctx.params.get('q')?.trim() || undefined;
   if (q && q.length > 200) throw new ConsoleInputError('q', 'не длиннее 200 символов');
   const story = q ? await consoleStudent(rt.db, q) : null;
+  const config = story ? await funnelsInForce(rt) : null;
+  const facts = story ? await displayFacts(rt, config?.funnels ?? []) : null;
+  const inFunnels = story && facts
+    ? html`<section aria-labelledby="student-funnels"><h2 id="student-funnels">Воронки студента</h2>${studentFunnels(config, facts, story.events)}</section>` : '';
   return {
     status: !q ? (ctx.asJson ? 400 : 200) : story ? 200 : 404,
     title: story?.email ? `Студент ${story.email}` : 'Студент', view: 'student', refreshes: Boolean(story),
-    body: studentView(rt.config, q, story),
+    body: html`${studentView(rt.config, q, story)}${inFunnels}`,
     data: q ? (story ? { ...story } : { error: `no student with e-mail or user id ${q}` }) : { error: 'give q: the exact e-mail or user id' },
   };
 }

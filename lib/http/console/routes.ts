@@ -5,6 +5,7 @@
 import { PayloadError } from '../body.ts';
 import { endpoint, type FunctionContext, type RuntimeSource } from '../handler.ts';
 import { replayAction, resumeAction } from './actions.ts';
+import { funnelsAction, funnelsPage, rollbackFunnelsAction } from './funnels.ts';
 import { html } from './html.ts';
 import { eventPage, eventsPage, funnelPage, healthPage, notFound, studentPage } from './pages.ts';
 import { BASE, ConsoleInputError, href, parseRefresh } from './query.ts';
@@ -20,6 +21,8 @@ const ACTION = ['POST'] as const;
 
 function routeOf(path: string): Route | null {
   if (path === '' || path === '/funnel') return { methods: VIEW, run: funnelPage };
+  if (path === '/funnels') return { methods: [...VIEW, ...ACTION], run: (rt, ctx) => (ctx.req.method === 'POST' ? funnelsAction(rt, ctx) : funnelsPage(rt)) };
+  if (path === '/funnels/rollback') return { methods: ACTION, run: rollbackFunnelsAction };
   if (path === '/health') return { methods: VIEW, run: healthPage };
   if (path === '/events') return { methods: VIEW, run: eventsPage };
   const event = /^\/events\/([^/]+)$/.exec(path);
@@ -38,7 +41,7 @@ const badInput = (err: ConsoleInputError | PayloadError): Rendered => ({
 
 const inner = endpoint({
   methods: ['GET', 'HEAD', 'POST'],
-  usage: `GET ${BASE} (funnel), /health, /events, /events/<id>, /student?q=…; POST ${BASE}/replay or /resume. Browsers: HTTP Basic, password AMOCRM_REPLAY_TOKEN; scripts: Authorization: Bearer <AMOCRM_REPLAY_TOKEN>, ?format=json`,
+  usage: `GET ${BASE} (funnel), /funnels, /health, /events, /events/<id>, /student?q=…; POST ${BASE}/replay, /resume, /funnels or /funnels/rollback. Browsers: HTTP Basic, password AMOCRM_REPLAY_TOKEN; scripts: Authorization: Bearer <AMOCRM_REPLAY_TOKEN>, ?format=json`,
   operator: true,
   async handle(req, rt) {
     const url = new URL(req.url);
