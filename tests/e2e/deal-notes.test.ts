@@ -103,8 +103,8 @@ describe('a note and a task, once per event', () => {
     const eventId = await s.complete(st.userId, 67);
     await queue(eventId); // queued with the move, before the outcome is written
     expect(await sendDealNotes(s.rt)).toMatchObject({ claimed: 0 });
-    await drainNow();
-    expect(await sendDealNotes(s.rt)).toMatchObject({ done: 2 });
+    await drainNow(); // moves it, then sends its note and task once nothing else is due
+    expect([s.amo.notes(st.leadId).length, s.amo.tasks(st.leadId).length]).toEqual([1, 1]);
 
     const closed = await s.addStudent(email());
     s.amo.managerWin(closed.leadId);
@@ -212,7 +212,7 @@ describe('after the moves', () => {
     expect((await rowsOf(eventId)).map((r) => [r.status, r.attempts])).toEqual([['pending', 0], ['pending', 0]]);
     await drainNow();
     await dueNow();
-    expect(await sendDealNotes(s.rt)).toMatchObject({ done: 2 });
+    await sendDealNotes(s.rt); // the drain may have sent them already
     expect([s.amo.notes(leadId).length, s.amo.tasks(leadId).length]).toEqual([1, 1]);
   });
 });
