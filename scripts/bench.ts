@@ -1,21 +1,25 @@
-// npm run bench [-- --burst 1000 --latency 100,300 --only write,calls,latency,burst,tokens,cold,topology,console,start --console-events N]
+// npm run bench [-- --burst 1000 --latency 100,300 --only write,calls,latency,burst,tokens,cold,topology,console,start,month --console-events N --month-days N --month-seed N]
 // Prints a table of figures, all measured in this run, on embedded PGlite — or on the
 // PostgreSQL server in DATABASE_URL. amoCRM is the local stand-in: it enforces 7 req/s,
 // blocks the account (403) after repeated 429s as amoCRM does, and answers after a random
 // delay (100–300 ms by default). Not a test: nothing here passes or fails, it measures.
 // The topology section (bursts in production topology, scripts/bench/topology.ts) takes
 // the longest: about 20–40 minutes at --burst 1000; --burst 100 is a quick look.
+// The month (a month of an academy's traffic, compressed: scripts/bench/month.ts) runs only
+// when --only names it: about 10 minutes, on PGlite only (it moves the database's clock).
 import { writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { createSyncStack, openStackDatabase, type Stack, type Student } from '../dev/stack/index.ts';
 import { createLogger } from '../lib/log.ts';
 import { deliverEvent } from '../lib/sync/process-event.ts';
 import { runSweep } from '../lib/sync/sweep.ts';
-import { exitOnUsageError, parseCommandLine, runMain, UsageError } from './cli.ts';
+import { CliFailure, exitOnUsageError, parseCommandLine, runMain, UsageError } from './cli.ts';
 
-const SECTIONS = ['write', 'calls', 'latency', 'burst', 'tokens', 'cold', 'topology', 'console', 'start'];
+const SECTIONS = ['write', 'calls', 'latency', 'burst', 'tokens', 'cold', 'topology', 'console', 'start', 'month'];
+/** Sections a run without --only leaves out (they take long): name them in --only. */
+const ONLY_WHEN_NAMED = new Set(['month']);
 const TOPOLOGY_PARTS = ['idle', 'cold', 'warm', 'ahead'];
-const USAGE = `Usage: npm run bench [-- --burst N --latency MIN,MAX --events N --rows N --only ${SECTIONS.join(',')} --topology ${TOPOLOGY_PARTS.join(',')} --db-rtt MS --console-events N --json FILE]`;
+const USAGE = `Usage: npm run bench [-- --burst N --latency MIN,MAX --events N --rows N --only ${SECTIONS.join(',')} --topology ${TOPOLOGY_PARTS.join(',')} --db-rtt MS --console-events N --month-days N --month-seed N --json FILE]`;
 const args = exitOnUsageError(() => {
   const { values } = parseCommandLine(process.argv.slice(2), {
     burst: { type: 'string', default: '1000' },
@@ -26,11 +30,14 @@ const args = exitOnUsageError(() => {
     topology: { type: 'string', default: TOPOLOGY_PARTS.join(',') },
     'db-rtt': { type: 'string', default: '0' },
     'console-events': { type: 'string', default: '1000000' },
+    'month-days': { type: 'string', default: '30' },
+    'month-seed': { type: 'string', default: '17' },
     json: { type: 'string' },
   });
-  for (const flag of ['burst', 'events', 'rows', 'console-events'] as const) {
+  for (const flag of ['burst', 'events', 'rows', 'console-events', 'month-days', 'month-seed'] as const) {
     if (!/^[1-9]\d*$/.test(values[flag])) throw new UsageError(`--${flag} must be a positive whole number (got "${values[flag]}")`);
   }
+  if (Number(values['month-days']) < 7) throw new UsageError(`--month-days must be at least 7, room for the incidents (got "${values['month-days']}")`);
   if (!/^\d+$/.test(values['db-rtt'])) throw new UsageError(`--db-rtt must be a whole number of ms (got "${values['db-rtt']}")`);
   if (!/^\d+,\d+$/.test(values.latency)) throw new UsageError(`--latency must be MIN,MAX in ms, e.g. 100,300 (got "${values.latency}")`);
   const unknown = values.only?.split(',').filter((s) => !SECTIONS.includes(s));
@@ -40,7 +47,7 @@ const args = exitOnUsageError(() => {
   return values;
 }, USAGE);
 const only = args.only ? new Set(args.only.split(',')) : undefined;
-const want = (name: string) => !only || only.has(name);
+const want = (name: string) => (only ? only.has(name) : !ONLY_WHEN_NAMED.has(name));
 const latency = args.latency.split(',').map(Number) as [number, number];
 const databaseUrl = process.env.DATABASE_URL;
 const dbLabel = databaseUrl ? 'PostgreSQL (DATABASE_URL)' : 'PGlite (PostgreSQL 17, embedded)';
@@ -377,7 +384,18 @@ async function benchStart() {
   row('npm start: up (first line), median of 3', `${(median(times) / 1000).toFixed(1)} s (runs: ${times.map((x) => (x / 1000).toFixed(1)).join(', ')} s)`);
 }
 
+// ---------------------------------------------------------------------------------
+// 10. A month of an academy's traffic, compressed (scripts/bench/month.ts).
+async function benchMonthSection() {
+  const { benchMonth, MONTH_DEFAULTS, MONTH_LATENCY_MS } = await import('./bench/month.ts');
+  const days = Number(args['month-days']);
+  console.log(`\n[10] A month, compressed (${dbLabel}): ${days} days of an academy's traffic and incidents, quiet time skipped; amoCRM latency ${MONTH_LATENCY_MS.join('–')} ms`);
+  await benchMonth({ scale: { ...MONTH_DEFAULTS, days, seed: Number(args['month-seed']) }, row });
+}
+
 await runMain(async () => {
+  // The month moves the database's clock with JavaScript's: PGlite's now() follows it, a server's does not.
+  if (want('month') && databaseUrl) throw new CliFailure('the month section runs on PGlite only (it moves the database\'s clock with JavaScript\'s, which a PostgreSQL server\'s now() does not follow) → run it without DATABASE_URL');
   console.log(`amocrm-lesson-sync benchmark — ${new Date().toISOString()}`);
   console.log(`machine: ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}; database: ${dbLabel}`);
   const t0 = performance.now();
@@ -390,6 +408,7 @@ await runMain(async () => {
   if (want('topology')) await benchProductionTopology();
   if (want('console')) await benchConsole();
   if (want('start')) await benchStart();
+  if (want('month')) await benchMonthSection();
 
   console.log(`\n| figure | value | target |\n|---|---|---|`);
   for (const r of rows) console.log(`| ${r.figure} | ${r.value} | ${r.target} |`);
