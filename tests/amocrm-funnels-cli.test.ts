@@ -4,14 +4,16 @@
 // configuration in the database exactly as it was; a rollback brings an old version back
 // as a new one, and not when it no longer passes the checks; `check` sees a stage deleted
 // or reordered in amoCRM since. Every path ends with one clear line and an exit code.
+import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Db } from '../lib/db/port.ts';
 import type { Funnel } from '../lib/funnels/model.ts';
 import type { CommandResult } from '../lib/ops/command.ts';
 import { funnelsCommand, type FunnelsArgs } from '../lib/ops/funnels-command.ts';
-import { CRASH_TRACE, emptyDirectory, lastLine, runScript } from './helpers/cli.ts';
+import { CRASH_TRACE, emptyDirectory, lastLine, root, runScript } from './helpers/cli.ts';
 import { createStack, OTHER_PIPELINE, PIPELINE, STAGE, type Stack } from './helpers/stack.ts';
 
 /** A third pipeline of the account, for a second funnel: its first stage is where deals come in. */
@@ -277,6 +279,18 @@ describe('the funnels CLI as its own process (--embedded)', () => {
     expect(`${run.stdout}${run.stderr}`).not.toMatch(CRASH_TRACE);
     expect(lastLine(run.stderr)).toMatch(last);
     expect(run.code).toBe(2);
+  });
+
+  it('set - reads the file from standard input', async () => {
+    const loader = pathToFileURL(join(root, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(AMOCRM_|SUPABASE_|DATABASE_URL$)/.test(k)));
+    const child = spawn(process.execPath, ['--import', loader, join(root, 'scripts/amocrm.ts'), 'funnels', 'set', '-', '--embedded', '--by', 'stdin'], { cwd: dir.path, env });
+    let stdout = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stdin.end(JSON.stringify([{ key: 'short', name: 'Короткая', pipelineId: 7_000_001, steps: [{ lessons: [69], stageId: 70_013 }] }]));
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(lastLine(stdout)).toBe('✅ saved version 2 by stdin: 1 funnel(s) (was version 1)');
+    expect(code).toBe(0);
   });
 
   it('a file that is not there: ❌ with what to give, exit 1', async () => {

@@ -171,6 +171,36 @@ describe('funnels in the console', { timeout: 90_000 }, () => {
     expect(log.lines.at(-1)).toMatch(/^⚠️ \[AmoCRM\] Консоль: действие отклонено action=funnels reason=/);
   });
 
+  it('scripts: the same actions as JSON with the Bearer token (a refusal is 422 with the problems, a stale version 409)', async () => {
+    const before = await start([tripwire()]);
+    const post = (path: string, body: unknown) => fetch(`${consoleUrl}${path}`, {
+      method: 'POST', body: JSON.stringify(body),
+      headers: { authorization: `Bearer ${LOCAL_SECRETS.replayToken}`, 'content-type': 'application/json', accept: 'application/json' },
+    });
+    const broken = course();
+    broken.steps[1]!.lessons = [70, 4040];
+    const refused = await post('/funnels', { funnels: [tripwire(), broken], expectedVersion: before.version, save: true });
+    expect(refused.status).toBe(422);
+    expect(await refused.json()).toMatchObject({ ok: false, saved: false, problems: [{ funnel: 'course', step: 2, problem: 'урока 4040 нет в public.lessons' }] });
+    expect(await stored()).toEqual(before);
+
+    const checked = await post('/funnels', { funnels: [tripwire(), course()], expectedVersion: before.version });
+    expect(await checked.json()).toMatchObject({ ok: true, saved: false, checked: true, problems: [] });
+    expect(await stored()).toEqual(before);
+
+    const saved = await post('/funnels', { funnels: [tripwire(), course()], expectedVersion: before.version, save: true, note: 'из скрипта' });
+    expect(await saved.json()).toMatchObject({ ok: true, saved: true, version: before.version + 1 });
+    expect((await stored()).rows[0]).toMatchObject({ changed_by: 'консоль: bearer', note: 'из скрипта' });
+
+    const stale = await post('/funnels', { funnels: [tripwire()], expectedVersion: before.version, save: true });
+    expect(stale.status).toBe(409);
+    expect(await stale.json()).toMatchObject({ ok: false, reason: 'stale', current_version: before.version + 1 });
+
+    const back = await post('/funnels/rollback', { version: before.version });
+    expect(await back.json()).toMatchObject({ ok: true, saved: true, version: before.version + 2 });
+    expect((await stored()).funnels).toEqual(before.funnels);
+  });
+
   it('the funnel page lists the configured funnels; the student\'s story shows the funnels the student is in', async () => {
     await start([tripwire(), course()]);
     const res = await page.goto(`${consoleUrl}?refresh=0`);
