@@ -19,7 +19,8 @@ import {
 } from '../db/deal-notes.ts';
 import type { Db } from '../db/port.ts';
 import type { FunnelStep } from '../funnels/model.ts';
-import { errorText } from '../log.ts';
+import type { FunnelSource } from '../funnels/source.ts';
+import { errorText, type Logger } from '../log.ts';
 import type { Runtime } from '../runtime.ts';
 
 /** A claimed row's POST must leave with this much of its claim left beyond the request's timeout. */
@@ -38,6 +39,31 @@ export async function queueStepNotes(db: Db, events: StepOfEvent[]): Promise<num
   const asked = events.filter((e) => e.step && (e.step.note || e.step.task));
   if (!asked.length) return 0;
   return queueDealNotes(db, asked.map((e) => ({ eventId: e.eventId, note: Boolean(e.step!.note), stepNumber: e.stepNumber, task: e.step!.task ?? null })));
+}
+
+/** One event of a batch as its moves leave it: whether its outcome is done, and its funnel and step. */
+export interface MovedEvent { eventId: number; done: boolean; route?: { funnelKey: string; targetIndex: number } }
+
+/**
+ * With a batch's moves, before their outcomes are written: queues what the step of each
+ * event about to be done asks for (moved, or found already in the stage: a retry of a move
+ * amoCRM applied unanswered ends that way and still owes its note). Never throws: a move is
+ * never failed by a note; a queue that fails is told once.
+ */
+export async function queueNotesOfMoves(deps: { db: Db; log: Logger; settings: { funnels: FunnelSource } }, moved: MovedEvent[]): Promise<void> {
+  const done = moved.filter((m) => m.done && m.route);
+  if (!done.length) return;
+  try {
+    // The funnels the batch was routed with (kept while warm).
+    const funnels = await deps.settings.funnels.current();
+    await queueStepNotes(deps.db, done.map((m) => ({
+      eventId: m.eventId,
+      step: funnels.find((f) => f.key === m.route!.funnelKey)?.steps[m.route!.targetIndex],
+      stepNumber: m.route!.targetIndex + 1,
+    })));
+  } catch (err) {
+    deps.log.warn('Заметки и задачи для менеджера не поставлены в очередь', { events: done.length, error: errorText(err).slice(0, 120) });
+  }
 }
 
 export interface DealNotesReport {

@@ -15,6 +15,7 @@ import { Batch } from './batch.ts';
 import { decideMove, type MoveDecision } from './decide.ts';
 import type { SyncDeps } from './deps.ts';
 import { chooseFromSearch, chosenOrThrow, noEmail, rememberedStillUsable, searchStudent, type StudentSearch } from './find-deal.ts';
+import { queueNotesOfMoves } from './deal-notes.ts';
 import { closedByMirrorOutcome, decisionOutcome, deferredOutcome, recordOutcomes, type EventOutcome, type Found } from './outcome.ts';
 import { routeOf, type Route } from './route.ts';
 
@@ -48,6 +49,7 @@ export async function processEvents(deps: SyncDeps, events: ClaimedEvent[], hold
   await sendMoves(batch, plans);
   // Nothing to move (already there, or skipped): the decision is the outcome.
   for (const plan of plans) if (!batch.outcomes.has(plan.event)) batch.settle(plan.event, decisionOutcome(deps, plan.event, plan.found, plan.decision, plan.target));
+  await queueNotesOfMoves(deps, events.map((e) => ({ eventId: e.id, done: batch.outcomes.get(e)?.write.outcome === 'done', route: routes.get(e) })));
   // Every outcome in one write, then one log line each.
   return recordOutcomes(deps, holder, events.map((e) => batch.outcomes.get(e)!));
 }
