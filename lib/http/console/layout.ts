@@ -31,6 +31,7 @@ button.danger{background:#b91c1c;border-color:#b91c1c}
 .actions{display:flex;flex-wrap:wrap;gap:.6em;align-items:center;margin:.6em 0}
 .note{border-left:4px solid #60a5fa;padding:.4em .8em;background:#eff6ff;margin:.6em 0}
 .warn{border-left-color:var(--warn);background:#fff7ed}.error{border-left-color:var(--bad);background:#fef2f2}
+ul.note{padding-left:2em}
 .chart{margin:0}.chart figcaption{font-size:.85em;color:var(--m)}.key{margin-left:.8em;white-space:nowrap}
 ol.timeline{list-style:none;padding:0;margin:0}ol.timeline li{border-left:3px solid var(--b);padding:.2em .8em .6em;margin-left:.3em}
 nav.pager{display:flex;gap:1em;margin:.8em 0}
