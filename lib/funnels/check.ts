@@ -2,10 +2,9 @@
 // amoCRM's pipelines (as GET /api/v4/leads/pipelines lists them) and the academy's lessons
 // (amocrm_lesson_facts), each naming the funnel and step and saying what to fix. Pure: the
 // CLI, the console and the doctor read the facts and all judge with this one function.
+import { LOST_STATUS_ID, WON_STATUS_ID } from '../amocrm/resources.ts';
 import type { Funnel, FunnelStep } from './model.ts';
 
-const WON_STATUS_ID = 142;
-const LOST_STATUS_ID = 143;
 /** amoCRM's type of the "unsorted" (incoming) stage; regular stages are type 0. */
 const UNSORTED_TYPE = 1;
 
