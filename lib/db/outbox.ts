@@ -117,7 +117,8 @@ export async function finishEvents(db: Db, holder: string, items: FinishItem[]):
 
 /** Records a completion that arrived as a plain Database Webhook (idempotent). */
 export function recordEvent(db: Db, e: { userId: string; lessonId: number; progressId?: string; source: string }) {
-  return db.rpc<{ tripwire: boolean; event_id?: number; created?: boolean; unknown_user?: boolean }>('amocrm_record_event', {
+  // event_ids: every funnel's event when the lesson is in several (event_id is the first's).
+  return db.rpc<{ tripwire: boolean; event_id?: number; event_ids?: number[]; created?: boolean; unknown_user?: boolean }>('amocrm_record_event', {
     p_user_id: e.userId, p_lesson_id: e.lessonId, p_progress_id: e.progressId, p_source: e.source,
   });
 }

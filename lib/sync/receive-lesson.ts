@@ -30,6 +30,8 @@ export type LessonEventResult =
 export async function receiveLessonEvent(rt: Runtime, body: WebhookBody): Promise<LessonEventResult> {
   const record = body.record!;
   let eventId = body.event_id;
+  /** The same completion's events of other funnels, recorded here: delivered after this one. */
+  let siblings: number[] = [];
   if (eventId === undefined) {
     // A plain Database Webhook: record the event ourselves, idempotently.
     if (!isCompleted(record) || (body.type === 'UPDATE' && isCompleted(body.old_record))) {
@@ -42,6 +44,7 @@ export async function receiveLessonEvent(rt: Runtime, body: WebhookBody): Promis
     if (!recorded.tripwire) return { kind: 'ignored', reason: `lesson ${record.lesson_id} is not a Tripwire lesson` };
     if (recorded.unknown_user) return { kind: 'unknown_user', userId: record.user_id };
     eventId = recorded.event_id!;
+    siblings = (recorded.event_ids ?? []).map(Number).filter((id) => id !== eventId);
   }
 
   // While a drainer works through a backlog (or has just been rung for one), the event
@@ -56,6 +59,8 @@ export async function receiveLessonEvent(rt: Runtime, body: WebhookBody): Promis
     if (result.reason === 'student_busy') return { kind: 'queued', eventId, reason: 'student_busy' };
     return { kind: 'duplicate', eventId, reason: result.reason, eventStatus: result.eventStatus };
   }
+  // One student's events run one at a time: the other funnels' go after this one.
+  for (const id of siblings) await deliverEvent(inv.sync, id, inv.holder);
   if (result.outcome.status === 'deferred') await wakeDrainer(rt);
   return { kind: 'delivered', eventId, outcome: result.outcome };
 }

@@ -96,6 +96,15 @@ describe('two funnels in two pipelines', () => {
       [69, 'tripwire', 'done', st.tripwireLead], [69, 'course-b', 'done', st.courseLead]]);
   });
 
+  it('a plain Database Webhook for a lesson in both funnels records and moves both deals', async () => {
+    const st = await twoDeals('dbhook');
+    const answer = await handleLessonCompleted(s.webhookRequest(dbWebhookBody(st.userId, 69)), async () => s.rt);
+    expect(await answer.json()).toMatchObject({ outcome: 'done', moved: true });
+    expect(historyOf(s, st.tripwireLead)).toEqual([[PIPELINE, STAGE.lesson3]]);
+    expect(historyOf(s, st.courseLead)).toEqual([[COURSE, B.step2]]);
+    expect((await eventsOf(s, st.userId)).map((e) => [e.funnel_key, e.status])).toEqual([['tripwire', 'done'], ['course-b', 'done']]);
+  });
+
   it('forward only within each funnel: B\'s step 2 before its step 1, and a forced replay of the older step, never move B\'s deal back', async () => {
     const st = await twoDeals('reorder');
     await s.complete(st.userId, 67);
