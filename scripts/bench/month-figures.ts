@@ -78,6 +78,11 @@ export async function feedRows(obs: Observations, ms: MonthStack, row: RowFn) {
       coalesce(percentile_cont(0.5) within group (order by extract(epoch from created_at - changed_at)), 0)::float as median
     from amocrm.deal_changes where source = 'feed'`);
   row('events feed: changes the hooks missed, brought by the feed', `${f!.n}; amoCRM's change → the platform's deal_changes: median ${span(f!.median * 1000)}, worst ${span(f!.worst * 1000)}`);
+  const attempts = ms.s.amo.hookAttempts;
+  const sent = attempts.filter((a) => !a.dropped);
+  const failed = sent.filter((a) => !a.ok);
+  row("amoCRM's hook deliveries", `${sent.length} sent, ${sent.length - failed.length} answered 2xx, ${failed.length} not (${failed.filter((a) => a.error === 'timeout').length} after amoCRM's 2 s); ` +
+    `${attempts.length - sent.length} went missing (the day without hooks)`);
 }
 
 export async function tokenRows(obs: Observations, log: MonthLog, ms: MonthStack, row: RowFn) {

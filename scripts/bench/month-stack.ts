@@ -23,7 +23,7 @@ export interface MonthStack {
   sweep(): Promise<Record<string, any>>;
   /** POST /api/amocrm/replay with the operator's token; answers the JSON. */
   replay(body: Record<string, unknown>): Promise<Record<string, any>>;
-  /** Resolves true once nothing moves: no webhook queued or in flight, no function running, no claim, no drain lease, no hook in flight. */
+  /** Resolves true once nothing moves: no webhook queued or in flight, no function running, no claim, no drain lease, no hook in flight or being applied. */
   quiet(timeoutMs: number): Promise<boolean>;
   close(): Promise<void>;
 }
@@ -51,7 +51,8 @@ export async function startMonthStack(o: MonthStackOptions): Promise<MonthStack>
     log,
   }).catch(async (err) => { await telegram.close(); throw err; });
   let running = 0;
-  const server = await startFunctionServer(0, '127.0.0.1', { onStart: () => { running++; }, onRun: () => { running--; } });
+  let started = 0;
+  const server = await startFunctionServer(0, '127.0.0.1', { onStart: () => { running++; started++; }, onRun: () => { running--; } });
   installRuntime(buildRuntime(loadConfig({ ...s.env, URL: server.url }), s.db, { log }));
   await s.database.sql(`insert into amocrm.system_settings (key, value) values
       ('webhook_url', to_jsonb($1::text)), ('webhook_secret', to_jsonb($2::text))
@@ -74,7 +75,9 @@ export async function startMonthStack(o: MonthStackOptions): Promise<MonthStack>
     await s.amo.hooksSettled(); // runs the hook retries that came due with a jump
     const [row] = await s.database.sql(`select (select count(*) from net.http_request_queue)::int
         + (select count(*) from amocrm.sync_events where status = 'processing')::int
-        + (select count(*) from amocrm.drainer where holder is not null and lease_until > now())::int as n`);
+        + (select count(*) from amocrm.drainer where holder is not null and lease_until > now())::int
+        -- a hook the crm-events function answered and is applying after its answer (waitUntil)
+        + (select count(*) from amocrm.crm_deliveries where status = 'pending' and received_at > now() - interval '10 seconds')::int as n`);
     return row!.n + worker.inFlight() + running;
   };
 
@@ -84,12 +87,14 @@ export async function startMonthStack(o: MonthStackOptions): Promise<MonthStack>
     replay: (body) => post('/api/amocrm/replay', body, { authorization: `Bearer ${s.env.AMOCRM_REPLAY_TOKEN}` }),
     async quiet(timeoutMs) {
       const deadline = performance.now() + timeoutMs;
-      let calm = 0;
+      let calmSince: number | undefined;
       while (performance.now() < deadline) {
-        // Twice in a row, 30 ms apart: a ring or a webhook between two looks is not missed.
-        calm = (await stillMoving()) === 0 ? calm + 1 : 0;
-        if (calm >= 2) return true;
-        await new Promise((r) => setTimeout(r, 30));
+        // Calm twice in a row with no function started in between: a ring or a webhook on
+        // its way between two looks is not missed.
+        const calm = (await stillMoving()) === 0;
+        if (calm && calmSince === started) return true;
+        calmSince = calm ? started : undefined;
+        await new Promise((r) => setTimeout(r, calm ? 10 : 30));
       }
       return false;
     },

@@ -50,8 +50,9 @@ export async function benchMonth(o: MonthOptions): Promise<void> {
       `amoCRM stand-in at 7 req/s, ${latencyMs.join('–')} ms, sync at 6/s`);
     const skipped = clock.skipped();
     o.row('month: compression', `${scale.days} virtual days in ${(obs.realMs / 60_000).toFixed(1)} min real: ${skipped.jumps} jumps over quiet time; ` +
-      `scheduled runs: ${obs.sweeps.busy} every 2 min (work waiting, an outage, the day without hooks), ${obs.sweeps.quiet} every 30 min (quiet), ${obs.sweeps.after} after the month's end` +
+      `scheduled runs: ${obs.sweeps.busy} on the 2-minute grid (events waiting, an outage, changes the missing hooks did not bring, around incidents), ${obs.sweeps.quiet} hourly (quiet), ${obs.sweeps.after} after the month's end` +
       `${obs.sweeps.failed ? `, ${obs.sweeps.failed} FAILED` : ''}; stack not quiet after 5 min: ${obs.notQuiet}×`);
+    o.row('month: where the real time went', Object.entries(obs.realBy).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${(v / 1000).toFixed(0)} s`).join(', '));
     say(`incidents: ${obs.incidents.map((i) => `${when(obs, i.at)} ${i.what}`).join('; ')}`);
     for (const op of obs.operator) say(`operator at ${when(obs, op.at)}: ${op.what}`);
     storageRows(obs, o.row);
