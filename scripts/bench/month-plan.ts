@@ -1,7 +1,8 @@
 // The academy's month, planned ahead from a seed: who signs up when, who completes which
 // lesson when (four webinars and a daily trickle of self-paced students), what the sales
 // managers do to the deals all day, and the incidents (two amoCRM outages, a revoked
-// token, a day without hooks). The plan is a model of the academy, not of the sync: it
+// token, a day without hooks). Sign-ups and self-paced lessons each come at their own
+// minute of the academy's working day; managers' edits are planned half-hour by half-hour. The plan is a model of the academy, not of the sync: it
 // knows each student's progress and whether a manager closed their deal, because only
 // managers close deals. Times are ms from the month's start (00:00 UTC of day 0).
 
@@ -88,73 +89,83 @@ function random(seed: number) {
 
 interface Model { signedUpAt: number; lessons: number; paid: boolean; closed: boolean }
 
-export function planMonth(scale: MonthScale): MonthPlan {
-  const rnd = random(scale.seed);
-  const incidents = scale.incidents ?? defaultIncidents(scale.days);
-  const inOutage = (t: number) => incidents.outages.some((o) => t >= o.at && t < o.at + o.ms);
-  const model: Model[] = [];
-  const actions: Action[] = [];
-  const lessons = { webinar: 0, selfPaced: 0 };
-  const edits: Record<Edit, number> = { touch: 0, paid: 0, won: 0, lost: 0 };
-  const slotAt = (day: number, slot: number) => day * DAY + WORK_FROM_HOUR * HOUR + slot * SLOT;
-  const pick = <T>(xs: T[]) => xs[Math.floor(rnd() * xs.length)]!;
+interface Planning {
+  scale: MonthScale;
+  incidents: Incidents;
+  rnd: () => number;
+  model: Model[];
+  actions: Action[];
+  lessons: { webinar: number; selfPaced: number };
+  edits: Record<Edit, number>;
+}
 
-  for (let day = 0; day < scale.days; day++) {
-    const signups: number[][] = Array.from({ length: WORK_SLOTS }, () => []);
-    for (let i = 0; i < scale.signupsPerDay; i++) {
-      const slot = Math.floor(rnd() * WORK_SLOTS);
-      signups[slot]!.push(model.length);
-      model.push({ signedUpAt: slotAt(day, slot) + 5 * MINUTE, lessons: 0, paid: false, closed: false });
-    }
-    // Self-paced: students signed up before today, one lesson at most per student and day;
-    // on a webinar's day everyone waits for the webinar (so lessons stay in their order).
-    const webinar = incidents.webinarDays.includes(day);
-    const selfPaced: { student: number; lesson: number }[][] = Array.from({ length: WORK_SLOTS }, () => []);
-    const today = new Set<number>();
-    model.forEach((m, student) => {
-      if (webinar || m.signedUpAt >= day * DAY || m.lessons >= LESSONS.length || rnd() >= scale.selfPacedPerDay) return;
-      selfPaced[Math.floor(rnd() * WORK_SLOTS)]!.push({ student, lesson: LESSONS[m.lessons++]! });
-      today.add(student);
-    });
-    for (let slot = 0; slot < WORK_SLOTS; slot++) {
-      const at = slotAt(day, slot);
-      if (signups[slot]!.length) actions.push({ at: at + 5 * MINUTE, kind: 'signup', students: signups[slot]! });
-      if (selfPaced[slot]!.length) {
-        actions.push({ at: at + 10 * MINUTE, kind: 'lessons', webinar: false, items: selfPaced[slot]! });
-        lessons.selfPaced += selfPaced[slot]!.length;
-      }
-      if (webinar && at === day * DAY + WEBINAR_HOUR * HOUR) {
-        const items = model.flatMap((m, student) =>
-          m.signedUpAt < at && m.lessons < LESSONS.length && rnd() < scale.webinarAttendance ? [{ student, lesson: LESSONS[m.lessons++]! }] : []);
-        actions.push({ at: at + 15 * MINUTE, kind: 'lessons', webinar: true, items });
-        lessons.webinar += items.length;
-      }
-      // Students do not know amoCRM is down: a few complete a lesson 10 minutes into each outage.
-      for (const o of incidents.outages.filter((x) => x.at + 10 * MINUTE >= at && x.at + 10 * MINUTE < at + SLOT)) {
-        const items = model.flatMap((m, student) => (m.signedUpAt < o.at && m.lessons < LESSONS.length && !today.has(student) ? [student] : []))
-          .slice(0, OUTAGE_LESSONS).map((student) => ({ student, lesson: LESSONS[model[student]!.lessons++]! }));
-        if (items.length) actions.push({ at: o.at + 10 * MINUTE, kind: 'lessons', webinar: false, items });
-        lessons.selfPaced += items.length;
-      }
-      const editAt = at + 20 * MINUTE;
-      if (inOutage(editAt)) continue; // amoCRM is down: nobody edits deals in it
-      const open = model.map((m, i) => (m.signedUpAt < editAt && !m.closed ? i : -1)).filter((i) => i >= 0);
-      const count = Math.min(open.length, Math.round(scale.editsPerDay / WORK_SLOTS + (rnd() - 0.5)));
-      const chosen = new Set<number>();
-      while (chosen.size < count) chosen.add(pick(open));
-      const items = [...chosen].map((student) => ({ student, edit: managerEdit(model[student]!, rnd) }));
-      for (const it of items) edits[it.edit]++;
-      if (items.length) actions.push({ at: editAt, kind: 'edits', items });
-    }
-    actions.push({ at: day * DAY + 23 * HOUR + 50 * MINUTE, kind: 'sample', day });
-  }
+export function planMonth(scale: MonthScale): MonthPlan {
+  const p: Planning = {
+    scale, incidents: scale.incidents ?? defaultIncidents(scale.days), rnd: random(scale.seed),
+    model: [], actions: [], lessons: { webinar: 0, selfPaced: 0 }, edits: { touch: 0, paid: 0, won: 0, lost: 0 },
+  };
+  for (let day = 0; day < scale.days; day++) planDay(p, day);
+  const { actions, incidents } = p;
   for (const o of incidents.outages) {
     actions.push({ at: o.at, kind: 'outage', on: true, fault: o.fault }, { at: o.at + o.ms, kind: 'outage', on: false, fault: o.fault });
   }
   actions.push({ at: incidents.revokeAt, kind: 'revoke' });
   actions.push({ at: incidents.hooksOff.at, kind: 'hooks', on: false }, { at: incidents.hooksOff.at + incidents.hooksOff.ms, kind: 'hooks', on: true });
   actions.sort((a, b) => a.at - b.at);
-  return { scale, incidents, actions, students: model.length, lessons, edits };
+  return { scale, incidents, actions, students: p.model.length, lessons: p.lessons, edits: p.edits };
+}
+
+/**
+ * One day: sign-ups and self-paced lessons each at its own minute of the working day; the
+ * day's webinar; a few lessons early in an outage; the managers' edits, half-hour by half-hour.
+ */
+function planDay(p: Planning, day: number) {
+  const { scale, incidents, rnd, model, actions } = p;
+  const workAt = () => day * DAY + WORK_FROM_HOUR * HOUR + Math.floor(rnd() * WORK_SLOTS * SLOT / MINUTE) * MINUTE;
+  for (let i = 0; i < scale.signupsPerDay; i++) {
+    const at = workAt();
+    actions.push({ at, kind: 'signup', students: [model.length] });
+    model.push({ signedUpAt: at, lessons: 0, paid: false, closed: false });
+  }
+  // Self-paced: students signed up before today, one lesson at most per student and day;
+  // on a webinar's day everyone waits for the webinar (so each student's lessons stay in order).
+  const webinar = incidents.webinarDays.includes(day);
+  const today = new Set<number>();
+  model.forEach((m, student) => {
+    if (webinar || m.signedUpAt >= day * DAY || m.lessons >= LESSONS.length || rnd() >= scale.selfPacedPerDay) return;
+    actions.push({ at: workAt(), kind: 'lessons', webinar: false, items: [{ student, lesson: LESSONS[m.lessons++]! }] });
+    p.lessons.selfPaced++;
+    today.add(student);
+  });
+  if (webinar) {
+    const at = day * DAY + WEBINAR_HOUR * HOUR;
+    const items = model.flatMap((m, student) =>
+      m.signedUpAt < at && m.lessons < LESSONS.length && rnd() < scale.webinarAttendance ? [{ student, lesson: LESSONS[m.lessons++]! }] : []);
+    actions.push({ at: at + 15 * MINUTE, kind: 'lessons', webinar: true, items });
+    p.lessons.webinar += items.length;
+  }
+  // Students do not know amoCRM is down: a few complete a lesson 10 minutes into each outage.
+  for (const o of incidents.outages.filter((x) => Math.floor(x.at / DAY) === day)) {
+    const items = model.flatMap((m, student) => (m.signedUpAt < o.at && m.lessons < LESSONS.length && !today.has(student) ? [student] : []))
+      .slice(0, OUTAGE_LESSONS).map((student) => ({ student, lesson: LESSONS[model[student]!.lessons++]! }));
+    if (items.length) actions.push({ at: o.at + 10 * MINUTE, kind: 'lessons', webinar: false, items });
+    p.lessons.selfPaced += items.length;
+  }
+  for (let slot = 0; slot < WORK_SLOTS; slot++) planEdits(p, day * DAY + WORK_FROM_HOUR * HOUR + slot * SLOT + 20 * MINUTE);
+  actions.push({ at: day * DAY + 23 * HOUR + 50 * MINUTE, kind: 'sample', day });
+}
+
+/** The managers' edits of one half-hour, each on a different open deal; none while amoCRM is down. */
+function planEdits(p: Planning, at: number) {
+  const { rnd, model, incidents } = p;
+  if (incidents.outages.some((o) => at >= o.at && at < o.at + o.ms)) return;
+  const open = model.map((m, i) => (m.signedUpAt < at && !m.closed ? i : -1)).filter((i) => i >= 0);
+  const count = Math.min(open.length, Math.round(p.scale.editsPerDay / WORK_SLOTS + (rnd() - 0.5)));
+  const chosen = new Set<number>();
+  while (chosen.size < count) chosen.add(open[Math.floor(rnd() * open.length)]!);
+  const items = [...chosen].map((student) => ({ student, edit: managerEdit(model[student]!, rnd) }));
+  for (const it of items) p.edits[it.edit]++;
+  if (items.length) p.actions.push({ at, kind: 'edits', items });
 }
 
 /**

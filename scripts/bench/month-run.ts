@@ -30,6 +30,8 @@ const QUIET_EVERY = HOUR;
 const OPERATOR_AFTER = 2 * HOUR;
 const QUIET_TIMEOUT_MS = 300_000;
 const INCIDENTS = new Set(['outage', 'revoke', 'hooks']);
+/** amoCRM stamps changes in whole seconds, and one deal's two changes never share a second in real life: actions are this far apart at least. */
+const ACTION_GAP_MS = 1_100;
 
 type SweepKind = 'busy' | 'quiet' | 'after';
 
@@ -67,6 +69,7 @@ class MonthRun {
   private nextSweep: number;
   private lastSweepAt: number;
   private alertsSeen = 0;
+  private lastActedAt = -Infinity;
   /** Hook deliveries amoCRM had made (or dropped) when the last scheduled run began. */
   private hooksAtLastSweep = 0;
 
@@ -90,14 +93,15 @@ class MonthRun {
       const at = Math.min(next?.at ?? Infinity, this.nextSweep);
       if (at >= this.endAt) break;
       await this.settle();
-      this.clock.jumpTo(at);
+      const isAction = next !== undefined && next.at <= this.nextSweep;
+      this.clock.jumpTo(isAction ? Math.max(at, this.lastActedAt + ACTION_GAP_MS) : at);
       const today = Math.floor((at - this.obs.startAt) / DAY);
       if (today !== day) {
         day = today;
         const { busy, quiet } = this.obs.sweeps;
         this.say(`day ${day}: ${this.obs.students.length} students, ${busy + quiet} scheduled runs so far, ${((performance.now() - this.realStart) / 1000).toFixed(0)} s real`);
       }
-      if (next && next.at <= this.nextSweep) await this.act(next);
+      if (isAction) await this.act(next);
       else await this.scheduledRun(this.busy ? 'busy' : 'quiet');
     }
     await this.settle();
@@ -113,6 +117,7 @@ class MonthRun {
     }
     this.queue.shift();
     await this.timed(next.kind, () => perform(this.ms, this.obs, next));
+    this.lastActedAt = this.clock.now();
     await this.refreshBusy();
     if (this.busy || INCIDENTS.has(next.kind)) this.nextSweep = Math.min(this.nextSweep, this.tick(BUSY_EVERY));
   }
