@@ -8,7 +8,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join, relative } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { LOCAL, startEmbedded, type Embedded } from '../dev/embedded.ts';
 import { startPostgrestStandin, type PostgrestStandin } from '../dev/postgrest-standin.ts';
 import type { CommandContext, CommandResult } from '../lib/ops/command.ts';
@@ -208,6 +208,9 @@ describe('npm run amocrm', () => {
     const refresh = await refreshCommand(ctx);
     expect(refresh.exitCode).toBe(1);
     expect(refresh.lines[0]).toMatch(/^❌ .*no_refresh/);
+    // The other tests of this stack expect an OAuth pair, as a deployment has.
+    expect((await exchangeCodeCommand(ctx, app.amo.issueAuthCode())).exitCode).toBe(0);
+    expect((await storedTokens()).kind).toBe('oauth');
   });
 
   it('the CLI: `pipelines --embedded` exits 0 with the pipelines; an unknown command: usage, then one ❌ line, exit 2', async () => {
@@ -304,6 +307,12 @@ describe('npm run amocrm -- webhooks', () => {
       on conflict (key) do update set value = excluded.value`, [`${site}/api/amocrm/lesson-completed`]);
     env = { ...s.env };
   });
+  // Each test starts from an account with no hooks and arranges what it needs.
+  beforeEach(() => {
+    for (const h of s.amo.webhooks()) s.amo.unsubscribe(h.destination);
+  });
+  const subscribeOurs = (settings = SETTINGS) => s.amo.subscribe(ours(), settings).id;
+  const idColumn = (id: number) => String(id).padEnd(6);
   afterAll(async () => {
     const text = printed.join('\n');
     expect(text.length).toBeGreaterThan(0);
@@ -323,51 +332,49 @@ describe('npm run amocrm -- webhooks', () => {
   it('subscribe: amoCRM gets the hook at <site>/api/amocrm/crm-events/<secret> with the four lead events; a second run changes nothing', async () => {
     const first = await run('subscribe');
     expect(first.exitCode).toBe(0);
-    expect(first.lines.at(-1)).toBe(`✅ subscribed ${shown()} (from webhook_url) to status_lead, update_lead, delete_lead, restore_lead (hook 1, enabled)`);
     expect(s.amo.webhooks()).toMatchObject([{ destination: ours(), settings: SETTINGS, disabled: false }]);
+    const id = s.amo.webhooks()[0]!.id;
+    expect(first.lines.at(-1)).toBe(`✅ subscribed ${shown()} (from webhook_url) to status_lead, update_lead, delete_lead, restore_lead (hook ${id}, enabled)`);
 
     const before = posts();
     const again = await run('subscribe');
     expect(again.exitCode).toBe(0);
-    expect(again.lines).toEqual([`✅ already subscribed: ${shown()} (hook 1, enabled) with status_lead, update_lead, delete_lead, restore_lead; nothing changed`]);
+    expect(again.lines).toEqual([`✅ already subscribed: ${shown()} (hook ${id}, enabled) with status_lead, update_lead, delete_lead, restore_lead; nothing changed`]);
     expect(posts()).toBe(before);
   });
 
   it('list: every hook of the account, ours marked, secret-looking parts of every URL masked, the disabled flag shown', async () => {
+    const id = subscribeOurs();
     s.amo.subscribe(`https://partner.example/amo/hook?token=${PARTNER_TOKEN}&v=2`, ['add_contact']);
     s.amo.subscribe(`https://user:pw-of-partner@crm.partner.example/in/${PARTNER_PATH_SECRET}/amocrm`, ['status_lead']);
     s.amo.subscribe(`${site}/api/amocrm/crm-events/old-secret-0123456789abcdef`, ['status_lead']);
-    try {
-      const result = await run('list');
-      expect(result.lines).toEqual([
-        `Webhooks of ${s.amo.url}: 4`,
-        `  1      ${shown()}  [status_lead, update_lead, delete_lead, restore_lead]  enabled   ← this deployment`,
-        '  2      https://partner.example/amo/hook?token=***&v=***  [add_contact]  enabled',
-        '  3      https://***@crm.partner.example/in/***/amocrm  [status_lead]  enabled',
-        `  4      ${shown()}  [status_lead]  enabled   ← this site, another secret (stale)`,
-        `⚠️ 1 other hook(s) point at ${shown()} with another secret (an old AMOCRM_HOOK_SECRET?): they are answered 404 and amoCRM will disable them → delete them in amoCRM → Settings → Integrations → Web hooks`,
-        `✅ this deployment's hook (${shown()}) is enabled with status_lead, update_lead, delete_lead, restore_lead`,
-      ]);
-      expect(result.exitCode).toBe(0);
-      expect(result.lines.join('\n')).not.toContain('old-secret-0123456789abcdef');
-    } finally {
-      for (const h of s.amo.webhooks()) if (h.destination !== ours()) s.amo.unsubscribe(h.destination);
-    }
+    const result = await run('list');
+    expect(result.lines).toEqual([
+      `Webhooks of ${s.amo.url}: 4`,
+      `  ${idColumn(id)} ${shown()}  [status_lead, update_lead, delete_lead, restore_lead]  enabled   ← this deployment`,
+      `  ${idColumn(id + 1)} https://partner.example/amo/hook?token=***&v=***  [add_contact]  enabled`,
+      `  ${idColumn(id + 2)} https://***@crm.partner.example/in/***/amocrm  [status_lead]  enabled`,
+      `  ${idColumn(id + 3)} ${shown()}  [status_lead]  enabled   ← this site, another secret (stale)`,
+      `⚠️ 1 other hook(s) point at ${shown()} with another secret (an old AMOCRM_HOOK_SECRET?): they are answered 404 and amoCRM will disable them → delete them in amoCRM → Settings → Integrations → Web hooks`,
+      `✅ this deployment's hook (${shown()}) is enabled with status_lead, update_lead, delete_lead, restore_lead`,
+    ]);
+    expect(result.exitCode).toBe(0);
+    expect(result.lines.join('\n')).not.toContain('old-secret-0123456789abcdef');
   });
 
   it('a hook someone trimmed: subscribe adds the missing events and keeps the ones added by hand', async () => {
-    s.amo.subscribe(ours(), ['status_lead', 'note_lead']);
+    const id = subscribeOurs(['status_lead', 'note_lead']);
     const result = await run('subscribe');
     expect(result.exitCode).toBe(0);
     expect(s.amo.webhooks()).toMatchObject([{ destination: ours(), settings: ['status_lead', 'note_lead', 'update_lead', 'delete_lead', 'restore_lead'] }]);
-    expect(result.lines.at(-1)).toBe(`✅ subscribed ${shown()} (from webhook_url) to status_lead, note_lead, update_lead, delete_lead, restore_lead (hook 1, enabled)`);
-    s.amo.subscribe(ours(), SETTINGS);
+    expect(result.lines.at(-1)).toBe(`✅ subscribed ${shown()} (from webhook_url) to status_lead, note_lead, update_lead, delete_lead, restore_lead (hook ${id}, enabled)`);
   });
 
   it('Netlify\'s URL wins over webhook_url', async () => {
+    const id = subscribeOurs();
     const result = await run('list', { ...env, URL: 'https://academy.example/' });
     expect(result.lines.at(-1)).toBe('❌ no hook points at this deployment (https://academy.example/api/amocrm/crm-events/***) → npm run amocrm -- webhooks subscribe');
-    expect(result.lines[1]).toBe(`  1      ${shown()}  [status_lead, update_lead, delete_lead, restore_lead]  enabled`);
+    expect(result.lines[1]).toBe(`  ${idColumn(id)} ${shown()}  [status_lead, update_lead, delete_lead, restore_lead]  enabled`);
   });
 
   it('a token that is not an admin\'s (403): subscribe and list say what to do instead; exit 1', async () => {
@@ -387,6 +394,7 @@ describe('npm run amocrm -- webhooks', () => {
   });
 
   it('unsubscribe removes only this deployment\'s hook; a second run says there is nothing to remove', async () => {
+    subscribeOurs();
     const other = `https://partner.example/amo/${PARTNER_PATH_SECRET}`;
     s.amo.subscribe(other, ['status_lead']);
     const first = await run('unsubscribe');
@@ -394,7 +402,6 @@ describe('npm run amocrm -- webhooks', () => {
     expect(s.amo.webhooks().map((h) => h.destination)).toEqual([other]);
     const second = await run('unsubscribe');
     expect(second).toMatchObject({ exitCode: 0, lines: [`✅ nothing to unsubscribe: no hook points at ${shown()}`] });
-    s.amo.unsubscribe(other);
   });
 
   it('a disabled hook: subscribe does not pretend, it says to find out why and re-enable it; exit 1', async () => {

@@ -5,7 +5,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { formatCheck, runDoctor, type CheckResult } from '../lib/ops/doctor/index.ts';
 import { expectedSchema } from '../lib/ops/doctor/expected.ts';
 import { createTestDatabase, usingPostgres, type TestDatabase } from './helpers/db.ts';
@@ -53,11 +53,12 @@ describe('expectations read from the migrations', () => {
 });
 
 describe(`the doctor against the migrations (${usingPostgres ? 'PostgreSQL' : 'PGlite'})`, () => {
+  // Each test breaks its own fresh database: none sees another's drop.
   let t: TestDatabase;
-  beforeAll(async () => {
+  beforeEach(async () => {
     t = await createTestDatabase();
   });
-  afterAll(async () => {
+  afterEach(async () => {
     await t?.close();
   });
 

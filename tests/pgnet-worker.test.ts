@@ -2,7 +2,7 @@
 // 200): never more requests in flight than the cap, oldest queued first, every request
 // sent once and its answer recorded; without a cap (npm start) everything goes at once.
 import { createServer, type Server, type ServerResponse } from 'node:http';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startPgNetWorker } from '../dev/pgnet-worker.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/db.ts';
 
@@ -49,11 +49,18 @@ async function until(condition: () => boolean | Promise<boolean>, what: string, 
   }
 }
 
+// Each test starts with nothing queued, held or answered.
+beforeEach(async () => {
+  for (const h of held.splice(0)) h.res.end('ok');
+  arrivals.length = 0;
+  await t.sql('delete from net.http_request_queue');
+  await t.sql('delete from net._http_response');
+});
+
 const answerOldest = () => held.shift()!.res.end('ok');
 
 describe('pg_net stand-in', () => {
   it('with maxInFlight 3, never more than 3 in flight, oldest first, each sent once and recorded', async () => {
-    arrivals.length = 0;
     await queue(8);
     const worker = startPgNetWorker((text, params) => t.sql(text, params), { intervalMs: 5, maxInFlight: 3 });
     try {
@@ -79,8 +86,6 @@ describe('pg_net stand-in', () => {
   });
 
   it('without a cap, sends everything queued at once', async () => {
-    arrivals.length = 0;
-    await t.sql('delete from net._http_response');
     await queue(6);
     const worker = startPgNetWorker((text, params) => t.sql(text, params), 5);
     try {

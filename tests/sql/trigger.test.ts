@@ -28,8 +28,10 @@ function sign(key: Buffer, id: string, ts: string, body: string): string {
 }
 
 
-/** Replaces amocrm.record_event with one that always raises: the outbox insert fails. */
-const breakOutbox = (t: TestDatabase) => t.sql(`
+/** Replaces amocrm.record_event with one that always raises: the outbox insert fails. Returns the undo. */
+async function breakOutbox(t: TestDatabase): Promise<() => Promise<void>> {
+  const [saved] = await t.sql(`select pg_get_functiondef('amocrm.record_event'::regproc) as def`);
+  await t.sql(`
   create or replace function amocrm.record_event(
     p_user_id uuid, p_lesson_id integer, p_source text, p_progress_id text,
     out event_id bigint, out created boolean, out stage_number smallint)
@@ -37,6 +39,8 @@ const breakOutbox = (t: TestDatabase) => t.sql(`
   begin
     raise exception 'simulated outbox failure';
   end $$`);
+  return async () => { await t.sql(saved!.def); };
+}
 
 describe('lesson_progress trigger (pg_net present)', () => {
   let t: TestDatabase;
@@ -253,12 +257,16 @@ describe('lesson_progress trigger (pg_net absent)', () => {
   });
 
   it('if amocrm.record_event raises, the student insert still succeeds', async () => {
-    await breakOutbox(t);
-    const user = await createUser(t, uniqueEmail());
-    const row = await completeLesson(t, user, 69);
-    expect(row.id).toBeTruthy();
-    expect(await t.sql('select 1 from public.lesson_progress where id = $1', [row.id])).toHaveLength(1);
-    expect(await eventsOf(t, user)).toHaveLength(0);
+    const repair = await breakOutbox(t);
+    try {
+      const user = await createUser(t, uniqueEmail());
+      const row = await completeLesson(t, user, 69);
+      expect(row.id).toBeTruthy();
+      expect(await t.sql('select 1 from public.lesson_progress where id = $1', [row.id])).toHaveLength(1);
+      expect(await eventsOf(t, user)).toHaveLength(0);
+    } finally {
+      await repair();
+    }
   });
 });
 
