@@ -28,13 +28,29 @@ const LOST = 143;
 
 export const emailOf = (student: number) => `student${String(student).padStart(5, '0')}@month.kz`;
 
+/**
+ * The custom fields an academy's deal carries (UTM tags, course, tariff, city, phone,
+ * e-mail, as scripts/retention-storage.ts measures them): amoCRM sends them in every hook,
+ * so they are most of what a stored hook body weighs. Each student's own values, so the
+ * bodies compress no better than real ones.
+ */
+const FIELDS = ['utm_source', 'utm_medium', 'utm_campaign', 'utm_content', 'utm_term', 'Курс', 'Тариф', 'Город', 'Телефон', 'Email'];
+function customFields(student: number, email: string) {
+  const own = (i: number) => (i === 8 ? `+7701${String(1_000_000 + student).slice(1)}` : i === 9 ? email : `${FIELDS[i]}-${((student + 1) * 2654435761 % 2 ** 32).toString(36)}`);
+  return FIELDS.map((name, i) => ({ id: 700_000 + i, name, values: [{ value: own(i) }] }));
+}
+
 export async function perform(ms: MonthStack, rec: ActionRecord, a: Action | OperatorAction): Promise<void> {
   const { s } = ms;
   const note = (what: string) => { rec.incidents.push({ at: Date.now(), what }); };
   switch (a.kind) {
     case 'signup': {
       const made = await s.addStudents(a.students.map(emailOf));
-      a.students.forEach((i, k) => { rec.students[i] = made[k]!; });
+      a.students.forEach((i, k) => {
+        const st = made[k]!;
+        rec.students[i] = st;
+        s.amo.addLead({ ...s.amo.lead(st.leadId)!, customFields: customFields(i, st.email) }); // the same deal, with its fields
+      });
       return;
     }
     case 'lessons':
