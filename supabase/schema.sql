@@ -93,6 +93,34 @@ CREATE INDEX deal_changes_user_idx ON amocrm.deal_changes USING btree (user_id, 
 alter table amocrm.deal_changes enable row level security;
 grant delete, insert, select, update on table amocrm.deal_changes to service_role;
 
+create table amocrm.deal_notes (
+  event_id bigint not null,
+  kind text not null,
+  text text not null,
+  complete_till timestamp with time zone,
+  lead_id bigint,
+  status text default 'pending'::text not null,
+  uncertain boolean default false not null,
+  attempts integer default 0 not null,
+  next_attempt_at timestamp with time zone default now() not null,
+  lease_holder text,
+  lease_until timestamp with time zone,
+  amo_id bigint,
+  last_error text,
+  created_at timestamp with time zone default now() not null,
+  updated_at timestamp with time zone default now() not null,
+  done_at timestamp with time zone,
+  constraint deal_notes_check CHECK (((kind <> 'task'::text) OR (complete_till IS NOT NULL))),
+  constraint deal_notes_event_id_fkey FOREIGN KEY (event_id) REFERENCES amocrm.sync_events(id) ON DELETE CASCADE,
+  constraint deal_notes_kind_check CHECK ((kind = ANY (ARRAY['note'::text, 'task'::text]))),
+  constraint deal_notes_pkey PRIMARY KEY (event_id, kind),
+  constraint deal_notes_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'sending'::text, 'done'::text, 'failed'::text]))),
+  constraint deal_notes_text_check CHECK (((length(text) >= 1) AND (length(text) <= 2000)))
+);
+CREATE INDEX deal_notes_due_idx ON amocrm.deal_notes USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'sending'::text]));
+alter table amocrm.deal_notes enable row level security;
+grant delete, insert, select, update on table amocrm.deal_notes to service_role;
+
 create table amocrm.deal_stage_history (
   id bigint generated always as identity not null,
   lead_id bigint not null,
@@ -157,6 +185,19 @@ CREATE INDEX event_attempts_at_idx ON amocrm.event_attempts USING btree (at) INC
 alter table amocrm.event_attempts enable row level security;
 grant delete, insert, select, update on table amocrm.event_attempts to service_role;
 
+create table amocrm.funnel_versions (
+  version integer not null,
+  funnels jsonb not null,
+  changed_by text not null,
+  changed_at timestamp with time zone default now() not null,
+  note text,
+  constraint funnel_versions_funnels_check CHECK ((jsonb_typeof(funnels) = 'array'::text)),
+  constraint funnel_versions_pkey PRIMARY KEY (version),
+  constraint funnel_versions_version_check CHECK ((version > 0))
+);
+alter table amocrm.funnel_versions enable row level security;
+grant delete, insert, select, update on table amocrm.funnel_versions to service_role;
+
 create table amocrm.lookahead_jobs (
   user_id uuid not null,
   email text,
@@ -197,7 +238,8 @@ create table amocrm.student_leads (
   lead_id bigint not null,
   contact_id bigint,
   updated_at timestamp with time zone default now() not null,
-  constraint student_leads_pkey PRIMARY KEY (user_id)
+  pipeline_id bigint default amocrm.default_pipeline() not null,
+  constraint student_leads_pkey PRIMARY KEY (user_id, pipeline_id)
 );
 alter table amocrm.student_leads enable row level security;
 grant delete, insert, select, update on table amocrm.student_leads to service_role;
@@ -226,10 +268,10 @@ create table amocrm.sync_events (
   finished_at timestamp with time zone,
   done_at timestamp with time zone,
   hold_until timestamp with time zone,
+  funnel_key text default 'tripwire'::text not null,
   constraint sync_events_pkey PRIMARY KEY (id),
   constraint sync_events_stage_number_check CHECK (((stage_number >= 1) AND (stage_number <= 9))),
-  constraint sync_events_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'done'::text, 'skipped'::text, 'failed'::text, 'parked'::text, 'dead'::text]))),
-  constraint sync_events_user_id_lesson_id_key UNIQUE (user_id, lesson_id)
+  constraint sync_events_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'done'::text, 'skipped'::text, 'failed'::text, 'parked'::text, 'dead'::text])))
 );
 CREATE INDEX sync_events_code_id_idx ON amocrm.sync_events USING btree (last_error_code, id DESC) WHERE (last_error_code IS NOT NULL);
 CREATE INDEX sync_events_created_idx ON amocrm.sync_events USING btree (created_at) INCLUDE (stage_number, lesson_id, status, last_error_code);
@@ -238,6 +280,7 @@ CREATE INDEX sync_events_due_idx ON amocrm.sync_events USING btree (next_attempt
 CREATE INDEX sync_events_email_idx ON amocrm.sync_events USING btree (email text_pattern_ops, id DESC);
 CREATE INDEX sync_events_status_id_idx ON amocrm.sync_events USING btree (status, id DESC);
 CREATE INDEX sync_events_status_idx ON amocrm.sync_events USING btree (status, updated_at DESC);
+CREATE UNIQUE INDEX sync_events_user_lesson_funnel_key ON amocrm.sync_events USING btree (user_id, lesson_id, funnel_key);
 CREATE TRIGGER amocrm_event_finished AFTER UPDATE OF status ON amocrm.sync_events FOR EACH ROW WHEN (((old.status = 'processing'::text) AND (new.status <> 'processing'::text))) EXECUTE FUNCTION amocrm.on_event_finished();
 CREATE TRIGGER amocrm_event_status_changed AFTER UPDATE OF status ON amocrm.sync_events FOR EACH ROW WHEN (((old.status IS DISTINCT FROM new.status) AND (new.created_at < date_trunc('hour'::text, now())))) EXECUTE FUNCTION amocrm.on_event_status_changed();
 alter table amocrm.sync_events enable row level security;
@@ -283,6 +326,16 @@ grant delete, insert, select, update on table amocrm.amocrm_logs to service_role
 -- Functions: amocrm.* (internal), then public.amocrm_* (the API, service_role only)
 -- ======================================================================================
 
+CREATE OR REPLACE FUNCTION amocrm.academy_time_zone()
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select coalesce((select s.value #>> '{}' from amocrm.system_settings s, pg_catalog.pg_timezone_names z
+                    where s.key = 'academy_time_zone' and z.name = s.value #>> '{}' limit 1), 'Asia/Almaty');
+$function$;
+
 CREATE OR REPLACE FUNCTION amocrm.apply_lead_change(p_change jsonb, p_source text, p_pipeline_id bigint)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -317,7 +370,8 @@ begin
   v_old_stat := coalesce((p_change->>'old_status_id')::bigint, m.status_id);
 
   -- Only the deals that matter: known students', the Tripwire pipeline's, or mirrored.
-  if not v_known and v_user is null and v_pipeline is distinct from p_pipeline_id and v_old_pipe is distinct from p_pipeline_id then
+  if not v_known and v_user is null and not amocrm.is_funnel_pipeline(v_pipeline, p_pipeline_id)
+     and not amocrm.is_funnel_pipeline(v_old_pipe, p_pipeline_id) then
     return jsonb_build_object('applied', false, 'reason', 'not_relevant', 'lead_id', v_lead);
   end if;
 
@@ -380,10 +434,11 @@ begin
     insert into amocrm.deal_changes (lead_id, user_id, kind, pipeline_id, status_id, old_pipeline_id, old_status_id, changed_at, changed_by, source)
     values (v_lead, v_user, v_kind, v_pipeline, v_status, v_old_pipe, v_old_stat, v_at, v_by, p_source);
   end if;
-  -- A deal moved out of the Tripwire pipeline is no longer the student's Tripwire deal.
-  if v_pipeline is distinct from p_pipeline_id then
-    delete from amocrm.student_leads l where l.lead_id = v_lead;
-  end if;
+  -- A deal moved out of the pipeline it was remembered in is no longer the student's deal
+  -- there (0: remembered before funnels, in p_pipeline_id).
+  delete from amocrm.student_leads l
+   where l.lead_id = v_lead
+     and (case when l.pipeline_id = 0 then p_pipeline_id else l.pipeline_id end) is distinct from v_pipeline;
   return jsonb_build_object('applied', true, 'kind', v_kind, 'lead_id', v_lead, 'user_id', v_user,
                             'pipeline_id', v_pipeline, 'status_id', v_status, 'changed', v_new);
 end $function$;
@@ -459,7 +514,8 @@ AS $function$
   select jsonb_build_object('id', e.id, 'status', e.status, 'email', e.email, 'user_id', e.user_id,
     'lesson_id', e.lesson_id, 'stage_number', e.stage_number, 'attempts', e.attempts,
     'code', e.last_error_code, 'reason', e.last_error, 'lead_id', e.lead_id,
-    'created_at', e.created_at, 'updated_at', e.updated_at, 'done_at', e.done_at)
+    'created_at', e.created_at, 'updated_at', e.updated_at, 'done_at', e.done_at,
+    'funnel_key', e.funnel_key)
 $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.console_period_counts(p_from timestamp with time zone, p_to timestamp with time zone)
@@ -552,6 +608,25 @@ begin
   return null;
 end $function$;
 
+CREATE OR REPLACE FUNCTION amocrm.current_funnels()
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select v.funnels from amocrm.funnel_versions v order by v.version desc limit 1
+$function$;
+
+CREATE OR REPLACE FUNCTION amocrm.default_pipeline()
+ RETURNS bigint
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+  select coalesce((amocrm.current_funnels()->0->>'pipelineId')::bigint, 0)
+$function$;
+grant execute on function amocrm.default_pipeline() to service_role;
+
 CREATE OR REPLACE FUNCTION amocrm.delivery_lacks_time(p_changes jsonb)
  RETURNS boolean
  LANGUAGE sql
@@ -637,9 +712,106 @@ AS $function$
     'id', e.id, 'user_id', e.user_id, 'email', e.email, 'lesson_id', e.lesson_id,
     'stage_number', e.stage_number, 'status', e.status, 'attempts', e.attempts,
     'lead_id', e.lead_id, 'created_at', e.created_at,
-    'cached_lead_id', (select l.lead_id from amocrm.student_leads l where l.user_id = e.user_id),
-    'cached_lead_closed', (select d.closed from amocrm.student_leads l join amocrm.deals d on d.lead_id = l.lead_id
-                            where l.user_id = e.user_id and not d.deleted))
+    'funnel_key', e.funnel_key, 'funnels_version', amocrm.funnels_version(),
+    'cached_lead_id', l.lead_id,
+    'cached_lead_closed', (select d.closed from amocrm.deals d where d.lead_id = l.lead_id and not d.deleted))
+  from (select amocrm.funnel_pipeline(e.funnel_key) as pipeline_id) p
+  left join amocrm.student_leads l on l.user_id = e.user_id and l.pipeline_id = p.pipeline_id
+$function$;
+
+CREATE OR REPLACE FUNCTION amocrm.funnel_pipeline(p_key text)
+ RETURNS bigint
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select case when c.funnels is null then 0
+              else (select (f->>'pipelineId')::bigint from jsonb_array_elements(c.funnels) f where f->>'key' = p_key limit 1) end
+    from (select amocrm.current_funnels() as funnels) c
+$function$;
+
+CREATE OR REPLACE FUNCTION amocrm.funnel_version_json(v amocrm.funnel_versions)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select jsonb_build_object('version', v.version, 'funnels', v.funnels, 'changed_by', v.changed_by,
+                            'changed_at', v.changed_at, 'note', v.note)
+$function$;
+
+CREATE OR REPLACE FUNCTION amocrm.funnels_lock_key()
+ RETURNS bigint
+ LANGUAGE sql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+  select 7020389867052674674::bigint -- 'amocrm.r' as eight bytes: a key of its own
+$function$;
+
+CREATE OR REPLACE FUNCTION amocrm.funnels_shape_problem(p_funnels jsonb)
+ RETURNS text
+ LANGUAGE plpgsql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+declare
+  f jsonb;
+  s jsonb;
+  v_keys text[] := '{}'::text[];
+  v_lessons bigint[];
+  v_lesson jsonb;
+begin
+  if p_funnels is null or jsonb_typeof(p_funnels) <> 'array' then
+    return 'funnels must be a JSON array';
+  end if;
+  for f in select x from jsonb_array_elements(p_funnels) x loop
+    if jsonb_typeof(f) <> 'object' or coalesce(f->>'key', '') !~ '^[a-z0-9][a-z0-9_-]{0,62}$' then
+      return format('a funnel needs a key (a slug): %s', left(f::text, 80));
+    end if;
+    if f->>'key' = any(v_keys) then
+      return format('funnel key %s is used twice', f->>'key');
+    end if;
+    v_keys := v_keys || (f->>'key');
+    if coalesce(btrim(f->>'name'), '') = '' then
+      return format('funnel %s needs a name', f->>'key');
+    end if;
+    if jsonb_typeof(f->'pipelineId') <> 'number' or (f->>'pipelineId') !~ '^[1-9][0-9]{0,15}$' then
+      return format('funnel %s needs a pipelineId (a positive integer)', f->>'key');
+    end if;
+    if jsonb_typeof(f->'steps') is distinct from 'array' or jsonb_array_length(f->'steps') = 0
+       or jsonb_array_length(f->'steps') > 9 then
+      return format('funnel %s needs 1 to 9 steps', f->>'key');
+    end if;
+    v_lessons := '{}'::bigint[];
+    for s in select x from jsonb_array_elements(f->'steps') x loop
+      if jsonb_typeof(s->'stageId') is distinct from 'number' or (s->>'stageId') !~ '^[1-9][0-9]{0,15}$' then
+        return format('funnel %s: every step needs a stageId (a positive integer)', f->>'key');
+      end if;
+      if jsonb_typeof(s->'lessons') is distinct from 'array' or jsonb_array_length(s->'lessons') = 0 then
+        return format('funnel %s: every step needs at least one lesson', f->>'key');
+      end if;
+      for v_lesson in select x from jsonb_array_elements(s->'lessons') x loop
+        if jsonb_typeof(v_lesson) <> 'number' or v_lesson::text !~ '^[1-9][0-9]{0,8}$' then
+          return format('funnel %s: lesson %s is not a positive integer', f->>'key', v_lesson::text);
+        end if;
+        if (v_lesson::text)::bigint = any(v_lessons) then
+          return format('funnel %s: lesson %s is in more than one step', f->>'key', v_lesson::text);
+        end if;
+        v_lessons := v_lessons || (v_lesson::text)::bigint;
+      end loop;
+    end loop;
+  end loop;
+  return null;
+end $function$;
+
+CREATE OR REPLACE FUNCTION amocrm.funnels_version()
+ RETURNS integer
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select max(v.version) from amocrm.funnel_versions v
 $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.install_lesson_trigger()
@@ -649,15 +821,32 @@ CREATE OR REPLACE FUNCTION amocrm.install_lesson_trigger()
  SET search_path TO ''
 AS $function$
 declare
+  v_funnels jsonb := amocrm.current_funnels();
   v_lessons integer[];
 begin
-  select coalesce(array_agg(k::integer order by k::integer), '{}') into v_lessons
-    from amocrm.system_settings s, jsonb_object_keys(s.value) k where s.key = 'tripwire_lessons';
+  if not amocrm.lessons_from_setting() then
+    select coalesce(array_agg(distinct l::text::integer order by l::text::integer), '{}') into v_lessons
+      from jsonb_array_elements(v_funnels) f, jsonb_array_elements(f->'steps') s, jsonb_array_elements(s->'lessons') l;
+  else
+    select coalesce(array_agg(k::integer order by k::integer), '{}') into v_lessons
+      from amocrm.system_settings s, jsonb_object_keys(s.value) k where s.key = 'tripwire_lessons';
+  end if;
   drop trigger if exists amocrm_lesson_completed on public.lesson_progress;
   execute format('create trigger amocrm_lesson_completed after insert or update on public.lesson_progress '
                  'for each row when (new.lesson_id = any (%L::integer[])) '
                  'execute function amocrm.on_lesson_progress()', v_lessons);
 end $function$;
+
+CREATE OR REPLACE FUNCTION amocrm.is_funnel_pipeline(p_pipeline_id bigint, p_default bigint)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select p_pipeline_id is not null and (
+    p_pipeline_id = p_default
+    or exists (select 1 from jsonb_array_elements(amocrm.current_funnels()) f where (f->>'pipelineId')::bigint = p_pipeline_id))
+$function$;
 
 CREATE OR REPLACE FUNCTION amocrm.latency_bucket(p_ms double precision)
  RETURNS integer
@@ -667,6 +856,38 @@ CREATE OR REPLACE FUNCTION amocrm.latency_bucket(p_ms double precision)
 AS $function$
   select coalesce((select b from unnest(array[250, 500, 750, 1000, 1250, 1500, 2000, 3000, 5000, 10000, 30000, 60000,
                                               120000, 300000, 600000, 1800000, 3600000]) b where p_ms <= b order by b limit 1), 86400000)
+$function$;
+
+CREATE OR REPLACE FUNCTION amocrm.lesson_steps(p_lesson_id integer)
+ RETURNS TABLE(funnel_key text, stage_number smallint)
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO ''
+AS $function$
+declare
+  v_funnels jsonb := amocrm.current_funnels();
+begin
+  if amocrm.lessons_from_setting() then
+    return query select 'tripwire'::text, (s.value ->> p_lesson_id::text)::smallint
+                   from amocrm.system_settings s
+                  where s.key = 'tripwire_lessons' and s.value ? p_lesson_id::text;
+    return;
+  end if;
+  return query
+    select f.funnel->>'key', st.n::smallint
+      from jsonb_array_elements(v_funnels) with ordinality as f(funnel, fo),
+           jsonb_array_elements(f.funnel->'steps') with ordinality as st(step, n)
+     where st.step->'lessons' @> to_jsonb(p_lesson_id)
+     order by f.fo, st.n;
+end $function$;
+
+CREATE OR REPLACE FUNCTION amocrm.lessons_from_setting()
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select coalesce((select v.changed_by = 'env' from amocrm.funnel_versions v order by v.version desc limit 1), true)
 $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.lock_down_functions()
@@ -688,6 +909,16 @@ begin
     end if;
   end loop;
 end $function$;
+
+CREATE OR REPLACE FUNCTION amocrm.main_lead(p_user_id uuid)
+ RETURNS bigint
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select l.lead_id from amocrm.student_leads l where l.user_id = p_user_id
+   order by (l.pipeline_id = amocrm.default_pipeline()) desc, l.updated_at desc limit 1
+$function$;
 
 CREATE OR REPLACE FUNCTION amocrm.on_event_finished()
  RETURNS trigger
@@ -728,6 +959,8 @@ declare
   v_new jsonb := to_jsonb(new);
   v_old jsonb := case when tg_op = 'UPDATE' then to_jsonb(old) end;
   v_event record;
+  v_ids bigint[];
+  v_id bigint;
   v_quiet boolean := false;
 begin
   if not amocrm.row_is_completed(v_new) or amocrm.row_is_completed(v_old) then
@@ -737,33 +970,42 @@ begin
     select * into v_event
       from amocrm.record_event((v_new->>'user_id')::uuid, (v_new->>'lesson_id')::integer,
                                'trigger', v_new->>'id');
+    -- Events this transaction created for this completion: created_at is the transaction's
+    -- start, and (user, lesson, funnel) is unique.
+    select array_agg(e.id order by e.id) into v_ids from amocrm.sync_events e
+     where e.user_id = (v_new->>'user_id')::uuid and e.lesson_id = (v_new->>'lesson_id')::integer
+       and e.created_at = now() and e.status = 'pending';
   exception when others then
     raise warning '[AmoCRM] event not recorded for lesson_progress %: % (the scheduled reconcile picks it up)',
       v_new->>'id', sqlerrm;
     return null;
   end;
-  if v_event.created then
-    begin
-      v_quiet := amocrm.drain_takes_completions();
-      if v_quiet then
-        update amocrm.sync_events s set next_attempt_at = least(s.next_attempt_at, now())
-         where s.id = v_event.event_id and s.status = 'pending';
-      end if;
-    exception when others then
-      v_quiet := false; -- in doubt, ring
-    end;
+  if not coalesce(v_event.created, false) and v_ids is null then
+    return null;
+  end if;
+  v_ids := coalesce(v_ids, array[v_event.event_id]);
+  begin
+    v_quiet := amocrm.drain_takes_completions();
     if v_quiet then
-      return null;
+      update amocrm.sync_events s set next_attempt_at = least(s.next_attempt_at, now())
+       where s.id = any(v_ids) and s.status = 'pending';
     end if;
+  exception when others then
+    v_quiet := false; -- in doubt, ring
+  end;
+  if v_quiet then
+    return null;
+  end if;
+  foreach v_id in array v_ids loop
     begin
-      perform amocrm.ring_webhook(v_event.event_id, jsonb_build_object(
+      perform amocrm.ring_webhook(v_id, jsonb_build_object(
         'type', tg_op, 'table', tg_table_name, 'schema', tg_table_schema,
-        'record', v_new, 'old_record', v_old, 'event_id', v_event.event_id));
+        'record', v_new, 'old_record', v_old, 'event_id', v_id));
     exception when others then
       raise warning '[AmoCRM] webhook not queued for event %: % (the scheduled run delivers it)',
-        v_event.event_id, sqlerrm;
+        v_id, sqlerrm;
     end;
-  end if;
+  end loop;
   return null;
 end $function$;
 
@@ -815,24 +1057,25 @@ CREATE OR REPLACE FUNCTION amocrm.record_event(p_user_id uuid, p_lesson_id integ
 AS $function$
 declare
   v_email text;
+  v_step record;
+  v_id bigint;
 begin
-  select (s.value ->> p_lesson_id::text)::smallint into stage_number
-    from amocrm.system_settings s where s.key = 'tripwire_lessons';
-  if stage_number is null then
-    return;
-  end if;
-  select lower(btrim(u.email)) into v_email from auth.users u where u.id = p_user_id;
-
-  insert into amocrm.sync_events (user_id, email, lesson_id, stage_number, progress_id, source)
-  values (p_user_id, v_email, p_lesson_id, stage_number, p_progress_id, p_source)
-  on conflict (user_id, lesson_id) do nothing
-  returning id into event_id;
-
-  created := event_id is not null;
-  if not created then
-    select e.id into event_id from amocrm.sync_events e
-     where e.user_id = p_user_id and e.lesson_id = p_lesson_id;
-  end if;
+  for v_step in select * from amocrm.lesson_steps(p_lesson_id) loop
+    if v_email is null then
+      select lower(btrim(u.email)) into v_email from auth.users u where u.id = p_user_id;
+    end if;
+    v_id := null;
+    insert into amocrm.sync_events (user_id, email, lesson_id, stage_number, progress_id, source, funnel_key)
+    values (p_user_id, v_email, p_lesson_id, v_step.stage_number, p_progress_id, p_source, v_step.funnel_key)
+    on conflict (user_id, lesson_id, funnel_key) do nothing
+    returning id into v_id;
+    if event_id is null then
+      created := v_id is not null;
+      stage_number := v_step.stage_number;
+      event_id := coalesce(v_id, (select e.id from amocrm.sync_events e
+                                   where e.user_id = p_user_id and e.lesson_id = p_lesson_id and e.funnel_key = v_step.funnel_key));
+    end if;
+  end loop;
 end $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.remember_slot(r amocrm.rate_limiter, p_now timestamp with time zone, p_slot timestamp with time zone)
@@ -915,6 +1158,32 @@ AS $function$
     else true
   end
 $function$;
+
+CREATE OR REPLACE FUNCTION amocrm.save_funnels(p_funnels jsonb, p_changed_by text, p_note text)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_version integer;
+  v_first bigint;
+begin
+  select coalesce(max(v.version), 0) + 1 into v_version from amocrm.funnel_versions v;
+  insert into amocrm.funnel_versions (version, funnels, changed_by, note)
+  values (v_version, p_funnels, coalesce(nullif(btrim(p_changed_by), ''), 'unknown'), p_note);
+  if v_version = 1 then
+    v_first := (p_funnels->0->>'pipelineId')::bigint;
+    if v_first is not null then
+      delete from amocrm.student_leads l
+       where l.pipeline_id = 0
+         and exists (select 1 from amocrm.student_leads o where o.user_id = l.user_id and o.pipeline_id = v_first);
+      update amocrm.student_leads l set pipeline_id = v_first where l.pipeline_id = 0;
+    end if;
+  end if;
+  perform amocrm.install_lesson_trigger();
+  return v_version;
+end $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.setting_text(p_key text)
  RETURNS text
@@ -1191,6 +1460,42 @@ begin
 end $function$;
 grant execute on function public.amocrm_begin_refresh(p_holder text, p_lease_seconds integer) to service_role;
 
+CREATE OR REPLACE FUNCTION public.amocrm_claim_deal_notes(p_holder text, p_limit integer DEFAULT 100, p_lease_seconds integer DEFAULT 90)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_rows jsonb;
+begin
+  if p_holder is null or p_holder = '' or p_limit is null or p_limit < 1 or p_lease_seconds is null or p_lease_seconds < 1 then
+    raise exception 'p_holder, p_limit and p_lease_seconds are required' using errcode = '22023';
+  end if;
+  with due as (
+    select d.event_id, d.kind, e.lead_id as event_lead
+      from amocrm.deal_notes d join amocrm.sync_events e on e.id = d.event_id
+     where ((d.status = 'pending' and d.next_attempt_at <= now()) or (d.status = 'sending' and d.lease_until < now()))
+       and e.status = 'done' and coalesce(d.lead_id, e.lead_id) is not null
+     order by d.created_at, d.event_id, d.kind
+     limit least(p_limit, 500)
+     for update of d skip locked),
+  claimed as (
+    update amocrm.deal_notes d
+       set uncertain = d.uncertain or d.status = 'sending', status = 'sending', attempts = d.attempts + 1,
+           lead_id = coalesce(d.lead_id, due.event_lead), lease_holder = p_holder,
+           lease_until = now() + make_interval(secs => p_lease_seconds), updated_at = now()
+      from due where d.event_id = due.event_id and d.kind = due.kind
+    returning d.*)
+  select coalesce(jsonb_agg(jsonb_build_object(
+           'event_id', c.event_id, 'kind', c.kind, 'text', c.text, 'lead_id', c.lead_id, 'uncertain', c.uncertain,
+           'attempts', c.attempts, 'complete_till', floor(extract(epoch from c.complete_till))::bigint)
+           order by c.created_at, c.event_id, c.kind), '[]'::jsonb)
+    into v_rows from claimed c;
+  return v_rows;
+end $function$;
+grant execute on function public.amocrm_claim_deal_notes(p_holder text, p_limit integer, p_lease_seconds integer) to service_role;
+
 CREATE OR REPLACE FUNCTION public.amocrm_claim_due(p_holder text, p_limit integer DEFAULT 20, p_lease_seconds integer DEFAULT 60, p_max_unknown integer DEFAULT NULL::integer)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -1206,10 +1511,15 @@ declare
   v_unknown integer := 0;
   v_max_unknown integer := least(greatest(coalesce(p_max_unknown, p_limit), 1), greatest(p_limit, 1));
   v_claimed amocrm.sync_events[] := array[]::amocrm.sync_events[];
+  v_funnels jsonb := amocrm.current_funnels();
 begin
   for r in
     select s.id, s.user_id, s.status,
-           not exists (select 1 from amocrm.student_leads l where l.user_id = s.user_id) as unknown
+           not exists (select 1 from amocrm.student_leads l
+                        where l.user_id = s.user_id
+                          and l.pipeline_id = case when v_funnels is null then 0 else
+                                (select (f->>'pipelineId')::bigint from jsonb_array_elements(v_funnels) f
+                                  where f->>'key' = s.funnel_key limit 1) end) as unknown
       from amocrm.sync_events s
      where (s.status = 'pending' and s.next_attempt_at <= now())
         or (s.status = 'failed' and s.retryable and s.next_attempt_at <= now())
@@ -1321,8 +1631,10 @@ AS $function$
                'retryable', e.retryable, 'contact_id', e.contact_id, 'status_id', e.status_id),
     'attempts', coalesce((select jsonb_agg(jsonb_build_object('attempt', a.attempt, 'at', a.at, 'outcome', a.outcome,
                   'code', a.code, 'message', a.message) order by a.at) from amocrm.event_attempts a where a.event_id = e.id), '[]'::jsonb),
-    'deal', amocrm.console_deal(coalesce(e.lead_id, (select l.lead_id from amocrm.student_leads l where l.user_id = e.user_id))),
-    'history', amocrm.console_history(coalesce(e.lead_id, (select l.lead_id from amocrm.student_leads l where l.user_id = e.user_id))))
+    'deal', amocrm.console_deal(coalesce(e.lead_id, (select l.lead_id from amocrm.student_leads l
+                  where l.user_id = e.user_id and l.pipeline_id = amocrm.funnel_pipeline(e.funnel_key)))),
+    'history', amocrm.console_history(coalesce(e.lead_id, (select l.lead_id from amocrm.student_leads l
+                  where l.user_id = e.user_id and l.pipeline_id = amocrm.funnel_pipeline(e.funnel_key)))))
   from amocrm.sync_events e where e.id = p_id
 $function$;
 grant execute on function public.amocrm_console_event(p_id bigint) to service_role;
@@ -1499,7 +1811,7 @@ begin
   if v_user is null then
     return null;
   end if;
-  select l.lead_id into v_lead from amocrm.student_leads l where l.user_id = v_user;
+  v_lead := amocrm.main_lead(v_user);
   if v_lead is null then
     select e.lead_id into v_lead from amocrm.sync_events e where e.user_id = v_user and e.lead_id is not null order by e.id desc limit 1;
   end if;
@@ -1509,7 +1821,14 @@ begin
     'attempts', coalesce((select jsonb_agg(jsonb_build_object('event_id', a.event_id, 'attempt', a.attempt, 'at', a.at,
                   'outcome', a.outcome, 'code', a.code, 'message', a.message) order by a.at)
                   from amocrm.event_attempts a join amocrm.sync_events e on e.id = a.event_id where e.user_id = v_user), '[]'::jsonb),
-    'remembered_lead_id', (select l.lead_id from amocrm.student_leads l where l.user_id = v_user),
+    'remembered_lead_id', amocrm.main_lead(v_user),
+    'funnels', coalesce((select jsonb_agg(jsonb_build_object(
+                  'key', k.funnel_key, 'pipeline_id', amocrm.funnel_pipeline(k.funnel_key),
+                  'lead_id', (select l.lead_id from amocrm.student_leads l
+                               where l.user_id = v_user and l.pipeline_id = amocrm.funnel_pipeline(k.funnel_key)))
+                  order by k.first_id)
+                  from (select e.funnel_key, min(e.id) as first_id from amocrm.sync_events e
+                         where e.user_id = v_user group by e.funnel_key) k), '[]'::jsonb),
     'deal', amocrm.console_deal(v_lead),
     'history', amocrm.console_history(v_lead));
 end $function$;
@@ -1697,6 +2016,83 @@ begin
 end $function$;
 grant execute on function public.amocrm_end_drain(p_holder text, p_drained integer, p_linger_ms integer) to service_role;
 
+CREATE OR REPLACE FUNCTION public.amocrm_ensure_funnels(p_pipeline_id bigint, p_stage_ids bigint[])
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_map jsonb;
+  v_funnels jsonb;
+begin
+  if exists (select 1 from amocrm.funnel_versions) then
+    return public.amocrm_funnels();
+  end if;
+  perform pg_advisory_xact_lock(amocrm.funnels_lock_key());
+  if exists (select 1 from amocrm.funnel_versions) then
+    return public.amocrm_funnels();
+  end if;
+  if p_pipeline_id is null or coalesce(cardinality(p_stage_ids), 0) = 0 then
+    raise exception 'amocrm_ensure_funnels: no funnel is saved and no pipeline and stages were given'
+      using errcode = '22023';
+  end if;
+  select coalesce(s.value, '{}'::jsonb) into v_map from amocrm.system_settings s where s.key = 'tripwire_lessons';
+  select jsonb_build_array(jsonb_build_object(
+           'key', 'tripwire', 'name', 'Tripwire', 'pipelineId', p_pipeline_id,
+           'steps', jsonb_agg(jsonb_build_object(
+              'stageId', st.stage_id,
+              'lessons', coalesce((select jsonb_agg(k::integer order by k::integer)
+                                     from jsonb_each_text(coalesce(v_map, '{}'::jsonb)) as m(k, n)
+                                    where m.n ~ '^[0-9]{1,4}$' and m.n::integer = st.n and k ~ '^[0-9]{1,9}$'), '[]'::jsonb))
+              order by st.n)))
+    into v_funnels
+    from unnest(p_stage_ids) with ordinality as st(stage_id, n);
+  perform amocrm.save_funnels(v_funnels, 'env', 'из переменных окружения AMOCRM_PIPELINE_ID и AMOCRM_STAGE_LESSON_*');
+  return public.amocrm_funnels();
+end $function$;
+grant execute on function public.amocrm_ensure_funnels(p_pipeline_id bigint, p_stage_ids bigint[]) to service_role;
+
+CREATE OR REPLACE FUNCTION public.amocrm_finish_deal_notes(p_holder text, p_results jsonb, p_max_attempts integer DEFAULT 8)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_count bigint;
+begin
+  if jsonb_typeof(p_results) is distinct from 'array' then
+    raise exception 'p_results must be a json array' using errcode = '22023';
+  end if;
+  with r as (
+    select (x->>'event_id')::bigint as event_id, x->>'kind' as kind, x->>'outcome' as outcome,
+           (x->>'amo_id')::bigint as amo_id, left(x->>'error', 500) as error, coalesce((x->>'retry_in_ms')::int, 0) as retry_in_ms
+      from jsonb_array_elements(p_results) x),
+  changed as (
+    update amocrm.deal_notes d set
+      status = case when r.outcome = 'done' then 'done'
+                    when r.outcome = 'failed' then 'failed'
+                    when r.outcome in ('retry', 'unknown') and d.attempts >= p_max_attempts then 'failed'
+                    else 'pending' end,
+      uncertain = case when r.outcome = 'done' then false else d.uncertain or r.outcome = 'unknown' end,
+      attempts = case when r.outcome = 'release' then greatest(d.attempts - 1, 0) else d.attempts end,
+      amo_id = coalesce(r.amo_id, d.amo_id),
+      done_at = case when r.outcome = 'done' then now() else d.done_at end,
+      last_error = case when r.outcome = 'done' then d.last_error else coalesce(r.error, d.last_error) end,
+      next_attempt_at = now() + make_interval(secs => r.retry_in_ms / 1000.0),
+      lease_holder = null, lease_until = null, updated_at = now()
+      from r
+     where d.event_id = r.event_id and d.kind = r.kind
+       and r.outcome in ('done', 'unknown', 'retry', 'release', 'failed')
+       and ((r.outcome = 'done' and d.status <> 'done')
+            or (d.status = 'sending' and d.lease_holder = p_holder))
+    returning 1)
+  select count(*) into v_count from changed;
+  return jsonb_build_object('recorded', v_count);
+end $function$;
+grant execute on function public.amocrm_finish_deal_notes(p_holder text, p_results jsonb, p_max_attempts integer) to service_role;
+
 CREATE OR REPLACE FUNCTION public.amocrm_finish_event(p_event_id bigint, p_holder text, p_outcome text, p_error_code text DEFAULT NULL::text, p_error text DEFAULT NULL::text, p_lead_id bigint DEFAULT NULL::bigint, p_contact_id bigint DEFAULT NULL::bigint, p_status_id bigint DEFAULT NULL::bigint, p_retry_in_ms integer DEFAULT NULL::integer, p_max_attempts integer DEFAULT 8)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -1706,6 +2102,7 @@ AS $function$
 declare
   e amocrm.sync_events;
   v_status text;
+  v_pipeline bigint;
 begin
   if p_outcome not in ('done','skipped','retry','failed','parked','deferred') then
     raise exception 'amocrm_finish_event: unknown outcome %', p_outcome using errcode = '22023';
@@ -1743,11 +2140,12 @@ begin
                        then now() else null end
   where s.id = p_event_id;
 
-  if p_lead_id is not null and v_status in ('done','skipped') then
-    insert into amocrm.student_leads (user_id, email, lead_id, contact_id)
-    values (e.user_id, e.email, p_lead_id, p_contact_id)
-    on conflict (user_id) do update
-      set lead_id = excluded.lead_id, contact_id = coalesce(excluded.contact_id, amocrm.student_leads.contact_id),
+  v_pipeline := amocrm.funnel_pipeline(e.funnel_key);
+  if p_lead_id is not null and v_status in ('done','skipped') and v_pipeline is not null then
+    insert into amocrm.student_leads as l (user_id, pipeline_id, email, lead_id, contact_id)
+    values (e.user_id, v_pipeline, e.email, p_lead_id, p_contact_id)
+    on conflict (user_id, pipeline_id) do update
+      set lead_id = excluded.lead_id, contact_id = coalesce(excluded.contact_id, l.contact_id),
           email = excluded.email, updated_at = now();
   end if;
 
@@ -1819,9 +2217,9 @@ begin
     lease_holder = null, lease_until = null, lead_id = p_lead_id, last_error_code = p_error_code, updated_at = now()
    where t.user_id = p_user_id;
   if p_outcome = 'found' and p_lead_id is not null then
-    insert into amocrm.student_leads as l (user_id, email, lead_id, contact_id)
-    values (p_user_id, j.email, p_lead_id, p_contact_id)
-    on conflict (user_id) do nothing; -- a lesson that found the deal meanwhile knows better
+    insert into amocrm.student_leads as l (user_id, pipeline_id, email, lead_id, contact_id)
+    values (p_user_id, amocrm.default_pipeline(), j.email, p_lead_id, p_contact_id)
+    on conflict (user_id, pipeline_id) do nothing; -- a lesson that found the deal meanwhile knows better
   end if;
   return jsonb_build_object('recorded', true);
 end $function$;
@@ -1860,6 +2258,28 @@ AS $function$
   select jsonb_build_object('forgotten', exists (select 1 from d))
 $function$;
 grant execute on function public.amocrm_forget_lead(p_user_id uuid, p_lead_id bigint) to service_role;
+
+CREATE OR REPLACE FUNCTION public.amocrm_funnel_history(p_limit integer DEFAULT 20)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+  select coalesce(jsonb_agg(amocrm.funnel_version_json(v) order by v.version desc), '[]'::jsonb)
+    from (select * from amocrm.funnel_versions v order by v.version desc
+           limit greatest(1, least(coalesce(p_limit, 20), 1000))) v
+$function$;
+grant execute on function public.amocrm_funnel_history(p_limit integer) to service_role;
+
+CREATE OR REPLACE FUNCTION public.amocrm_funnels()
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+  select amocrm.funnel_version_json(v) from amocrm.funnel_versions v order by v.version desc limit 1
+$function$;
+grant execute on function public.amocrm_funnels() to service_role;
 
 CREATE OR REPLACE FUNCTION public.amocrm_get_feed_cursor()
  RETURNS jsonb
@@ -1968,6 +2388,36 @@ AS $function$
 $function$;
 grant execute on function public.amocrm_hold_moves(p_holder text, p_moves jsonb, p_lease_seconds integer, p_drain_lease_seconds integer) to service_role;
 
+CREATE OR REPLACE FUNCTION public.amocrm_lesson_facts(p_lessons integer[])
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_table regclass := to_regclass('public.lessons');
+  v_id integer;
+  v_row jsonb;
+  v_out jsonb := '[]'::jsonb;
+begin
+  foreach v_id in array coalesce(p_lessons, '{}'::integer[]) loop
+    v_row := null;
+    if v_table is not null then
+      execute format('select to_jsonb(l) from %s l where l.id = $1 limit 1', v_table) into v_row using v_id;
+    end if;
+    v_out := v_out || jsonb_build_array(jsonb_build_object(
+      'id', v_id,
+      'exists', v_row is not null,
+      'title', coalesce(v_row->>'title', v_row->>'name'),
+      'is_archived', case when v_row is null then null else
+                       coalesce(v_row->>'is_archived', 'false') = 'true'
+                       or coalesce(v_row->>'archived', 'false') = 'true'
+                       or (v_row ? 'archived_at' and v_row->>'archived_at' is not null) end));
+  end loop;
+  return v_out;
+end $function$;
+grant execute on function public.amocrm_lesson_facts(p_lessons integer[]) to service_role;
+
 CREATE OR REPLACE FUNCTION public.amocrm_mark_needs_reauth(p_problem text)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -2049,6 +2499,47 @@ AS $function$
 $function$;
 grant execute on function public.amocrm_put_pipeline(p_pipeline_id bigint, p_value jsonb) to service_role;
 
+CREATE OR REPLACE FUNCTION public.amocrm_queue_deal_notes(p_items jsonb)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_tz    text := amocrm.academy_time_zone();
+  v_count bigint;
+begin
+  if jsonb_typeof(p_items) is distinct from 'array' then
+    raise exception 'p_items must be a json array' using errcode = '22023';
+  end if;
+  with items as (
+    select (i->>'event_id')::bigint as event_id, coalesce((i->>'note')::boolean, false) as note,
+           (i->>'step_number')::int as step_number, nullif(btrim(i->>'task_text'), '') as task_text,
+           (i->>'task_due_minutes')::int as due_minutes
+      from jsonb_array_elements(p_items) i),
+  rows as (
+    select it.event_id, 'note'::text as kind,
+           format('Студент прошёл урок %s%s %s', coalesce(it.step_number, e.stage_number),
+                  coalesce(' «' || l.title || '»', ''),
+                  to_char(e.created_at at time zone v_tz, 'DD.MM HH24:MI')) as text,
+           null::timestamptz as complete_till
+      from items it join amocrm.sync_events e on e.id = it.event_id
+      left join public.lessons l on l.id = e.lesson_id
+     where it.note
+    union all
+    select it.event_id, 'task', left(it.task_text, 2000), now() + make_interval(mins => greatest(coalesce(it.due_minutes, 0), 0))
+      from items it join amocrm.sync_events e on e.id = it.event_id
+     where it.task_text is not null),
+  added as (
+    insert into amocrm.deal_notes (event_id, kind, text, complete_till)
+    select r.event_id, r.kind, r.text, r.complete_till from rows r
+    on conflict (event_id, kind) do nothing
+    returning 1)
+  select count(*) into v_count from added;
+  return jsonb_build_object('queued', v_count);
+end $function$;
+grant execute on function public.amocrm_queue_deal_notes(p_items jsonb) to service_role;
+
 CREATE OR REPLACE FUNCTION public.amocrm_reconcile(p_limit integer DEFAULT 500)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -2058,23 +2549,33 @@ AS $function$
 declare
   v_lessons integer[];
   v_created integer := 0;
+  v_before bigint;
   r record;
-  v record;
 begin
-  select array_agg(k::integer) into v_lessons
-    from amocrm.system_settings s, jsonb_object_keys(s.value) k where s.key = 'tripwire_lessons';
+  select array_agg(distinct x.lesson) into v_lessons
+    from (select l::text::integer as lesson
+            from jsonb_array_elements(amocrm.current_funnels()) f, jsonb_array_elements(f->'steps') s,
+                 jsonb_array_elements(s->'lessons') l
+           where not amocrm.lessons_from_setting()
+          union all
+          select k::integer from amocrm.system_settings s, jsonb_object_keys(s.value) k
+           where s.key = 'tripwire_lessons' and amocrm.lessons_from_setting()) x;
   if v_lessons is null or to_regclass('public.lesson_progress') is null then
     return jsonb_build_object('created', 0);
   end if;
   for r in execute
     'select lp.user_id, lp.lesson_id, to_jsonb(lp) as j from public.lesson_progress lp
       where lp.lesson_id = any($1)
-        and not exists (select 1 from amocrm.sync_events e where e.user_id = lp.user_id and e.lesson_id = lp.lesson_id)
+        and exists (select 1 from amocrm.lesson_steps(lp.lesson_id) st
+                     where not exists (select 1 from amocrm.sync_events e where e.user_id = lp.user_id
+                                          and e.lesson_id = lp.lesson_id and e.funnel_key = st.funnel_key))
       limit $2' using v_lessons, p_limit
   loop
     if amocrm.row_is_completed(r.j) then
-      select * into v from amocrm.record_event(r.user_id, r.lesson_id, 'reconcile', r.j->>'id');
-      if v.created then v_created := v_created + 1; end if;
+      select count(*) into v_before from amocrm.sync_events e where e.user_id = r.user_id and e.lesson_id = r.lesson_id;
+      perform amocrm.record_event(r.user_id, r.lesson_id, 'reconcile', r.j->>'id');
+      select (v_created + count(*) - v_before)::integer into v_created from amocrm.sync_events e
+       where e.user_id = r.user_id and e.lesson_id = r.lesson_id;
     end if;
   end loop;
   return jsonb_build_object('created', v_created);
@@ -2114,19 +2615,20 @@ CREATE OR REPLACE FUNCTION public.amocrm_record_event(p_user_id uuid, p_lesson_i
 AS $function$
 declare
   v record;
+  v_ids jsonb;
 begin
-  -- The trigger's rows reference auth.users already; a webhook body may name anyone, and
-  -- an event for a user who does not exist could never succeed: refuse it instead.
   if not exists (select 1 from auth.users u where u.id = p_user_id) then
-    return jsonb_build_object('tripwire', (select s.value ? p_lesson_id::text from amocrm.system_settings s where s.key = 'tripwire_lessons'),
-                              'unknown_user', true);
+    return jsonb_build_object('tripwire', exists (select 1 from amocrm.lesson_steps(p_lesson_id)), 'unknown_user', true);
   end if;
   select * into v from amocrm.record_event(p_user_id, p_lesson_id, p_source, p_progress_id);
   if v.event_id is null then
     return jsonb_build_object('tripwire', false);
   end if;
+  select jsonb_agg(e.id order by e.id) into v_ids from amocrm.sync_events e
+   where e.user_id = p_user_id and e.lesson_id = p_lesson_id;
   return jsonb_build_object('tripwire', true, 'event_id', v.event_id, 'created', v.created,
-                            'stage_number', v.stage_number);
+                            'stage_number', v.stage_number)
+         || case when jsonb_array_length(v_ids) > 1 then jsonb_build_object('event_ids', v_ids) else '{}'::jsonb end;
 end $function$;
 grant execute on function public.amocrm_record_event(p_user_id uuid, p_lesson_id integer, p_progress_id text, p_source text) to service_role;
 
@@ -2154,9 +2656,9 @@ CREATE OR REPLACE FUNCTION public.amocrm_remember_lead(p_user_id uuid, p_lead_id
  SECURITY DEFINER
  SET search_path TO ''
 AS $function$
-  insert into amocrm.student_leads as l (user_id, email, lead_id, contact_id)
-  values (p_user_id, p_email, p_lead_id, p_contact_id)
-  on conflict (user_id) do update
+  insert into amocrm.student_leads as l (user_id, pipeline_id, email, lead_id, contact_id)
+  values (p_user_id, amocrm.default_pipeline(), p_email, p_lead_id, p_contact_id)
+  on conflict (user_id, pipeline_id) do update
      set lead_id = excluded.lead_id,
          contact_id = coalesce(excluded.contact_id, l.contact_id),
          email = coalesce(excluded.email, l.email),
@@ -2172,17 +2674,21 @@ CREATE OR REPLACE FUNCTION public.amocrm_remember_leads(p_leads jsonb)
  SET search_path TO ''
 AS $function$
   with found as (
-    select distinct on (x.user_id) x.user_id, x.lead_id, x.contact_id, x.email
-      from jsonb_to_recordset(coalesce(p_leads, '[]'::jsonb)) as x(user_id uuid, lead_id bigint, contact_id bigint, email text)
+    select distinct on (x.user_id, coalesce(x.pipeline_id, amocrm.default_pipeline()))
+           x.user_id, coalesce(x.pipeline_id, amocrm.default_pipeline()) as pipeline_id,
+           x.lead_id, x.contact_id, x.email, coalesce(x.keep_existing, false) as keep_existing
+      from jsonb_to_recordset(coalesce(p_leads, '[]'::jsonb))
+             as x(user_id uuid, pipeline_id bigint, lead_id bigint, contact_id bigint, email text, keep_existing boolean)
      where x.user_id is not null and x.lead_id is not null),
   kept as (
-    insert into amocrm.student_leads as l (user_id, email, lead_id, contact_id)
-    select f.user_id, f.email, f.lead_id, f.contact_id from found f
-    on conflict (user_id) do update
+    insert into amocrm.student_leads as l (user_id, pipeline_id, email, lead_id, contact_id)
+    select f.user_id, f.pipeline_id, f.email, f.lead_id, f.contact_id from found f
+    on conflict (user_id, pipeline_id) do update
        set lead_id = excluded.lead_id,
            contact_id = coalesce(excluded.contact_id, l.contact_id),
            email = coalesce(excluded.email, l.email),
            updated_at = now()
+     where not exists (select 1 from found f where f.user_id = l.user_id and f.pipeline_id = l.pipeline_id and f.keep_existing)
     returning 1)
   select jsonb_build_object('remembered', (select count(*) from kept))
 $function$;
@@ -2398,6 +2904,26 @@ AS $function$
 $function$;
 grant execute on function public.amocrm_ring_failed() to service_role;
 
+CREATE OR REPLACE FUNCTION public.amocrm_rollback_funnels(p_version integer, p_changed_by text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_funnels jsonb;
+begin
+  perform pg_advisory_xact_lock(amocrm.funnels_lock_key());
+  select v.funnels into v_funnels from amocrm.funnel_versions v where v.version = p_version;
+  if v_funnels is null then
+    return jsonb_build_object('saved', false, 'reason', 'unknown_version',
+                              'problem', format('нет версии %s', p_version));
+  end if;
+  return jsonb_build_object('saved', true, 'version',
+    amocrm.save_funnels(v_funnels, p_changed_by, format('откат к версии %s', p_version)));
+end $function$;
+grant execute on function public.amocrm_rollback_funnels(p_version integer, p_changed_by text) to service_role;
+
 CREATE OR REPLACE FUNCTION public.amocrm_route_event(p_event_id bigint, p_woken_ms integer DEFAULT 10000, p_ring_again_ms integer DEFAULT 5000, p_backlog integer DEFAULT NULL::integer)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -2477,6 +3003,30 @@ AS $function$
 $function$;
 grant execute on function public.amocrm_select_events(p_ids bigint[], p_statuses text[], p_from timestamp with time zone, p_to timestamp with time zone, p_after_id bigint, p_limit integer) to service_role;
 
+CREATE OR REPLACE FUNCTION public.amocrm_set_funnels(p_funnels jsonb, p_changed_by text, p_expected_version integer, p_note text DEFAULT NULL::text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO ''
+AS $function$
+declare
+  v_current integer;
+  v_problem text;
+begin
+  v_problem := amocrm.funnels_shape_problem(p_funnels);
+  if v_problem is not null then
+    return jsonb_build_object('saved', false, 'reason', 'invalid', 'problem', v_problem);
+  end if;
+  perform pg_advisory_xact_lock(amocrm.funnels_lock_key());
+  select coalesce(max(v.version), 0) into v_current from amocrm.funnel_versions v;
+  if v_current <> coalesce(p_expected_version, 0) then
+    return jsonb_build_object('saved', false, 'reason', 'version_conflict', 'current_version', v_current,
+      'problem', format('конфигурация уже изменена: сейчас версия %s, правка сделана к версии %s', v_current, coalesce(p_expected_version, 0)));
+  end if;
+  return jsonb_build_object('saved', true, 'version', amocrm.save_funnels(p_funnels, p_changed_by, p_note));
+end $function$;
+grant execute on function public.amocrm_set_funnels(p_funnels jsonb, p_changed_by text, p_expected_version integer, p_note text) to service_role;
+
 CREATE OR REPLACE FUNCTION public.amocrm_status(p_failures integer DEFAULT 20)
  RETURNS jsonb
  LANGUAGE sql
@@ -2545,7 +3095,7 @@ AS $function$
       'pipeline_id', d.pipeline_id, 'status_id', d.status_id, 'closed', d.closed, 'deleted', coalesce(d.deleted, false),
       'modified_at', d.modified_at, 'modified_by', d.modified_by)
       from amocrm.student_leads l left join amocrm.deals d on d.lead_id = l.lead_id
-     where l.user_id = p_user_id),
+     where l.user_id = p_user_id and l.lead_id = amocrm.main_lead(p_user_id)),
     jsonb_build_object('user_id', p_user_id, 'lead_id', null))
 $function$;
 grant execute on function public.amocrm_student_deal(p_user_id uuid) to service_role;
