@@ -16,9 +16,9 @@ export const renewDrain = async (db: Db, holder: string): Promise<boolean> =>
 export const endDrain = async (db: Db, holder: string, drained: number, lingerMs = 0): Promise<boolean> =>
   (await db.rpc<{ ended: boolean }>('amocrm_end_drain', { p_holder: holder, p_drained: drained, p_linger_ms: lingerMs })).ended;
 
-/** Gives the lease back whatever is due; `due` says whether a successor is needed. */
-export const releaseDrain = (db: Db, holder: string) =>
-  db.rpc<{ released: boolean; due: boolean }>('amocrm_release_drain', { p_holder: holder });
+/** Gives the lease back whatever is due, counting what it drained; `due` says whether a successor is needed. */
+export const releaseDrain = (db: Db, holder: string, drained = 0) =>
+  db.rpc<{ released: boolean; due: boolean }>('amocrm_release_drain', { p_holder: holder, p_drained: drained });
 
 /**
  * While a drainer holds the queue, or has been rung and not yet begun, hands it this event

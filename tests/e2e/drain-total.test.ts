@@ -48,6 +48,21 @@ describe('drained total', () => {
     expect(await healthTotal()).toBe(before + 3);
   });
 
+  it('a drainer out of budget hands over and counts what it drained; its successor adds the rest', async () => {
+    const before = await healthTotal();
+    for (let i = 0; i < 5; i++) await completed('0 seconds');
+    // One event per batch, and a budget that ends after half a second of work: five cold
+    // events need ten requests at 6/s, so the drainer stops on its budget with work left.
+    const first = await runDrain(s.rt, { budgetMs: 1_500, reserveMs: 1_000, batchSize: 1, lookahead: false });
+    expect(first).toMatchObject({ ran: true, stoppedBy: 'budget' });
+    expect(first.claimed).toBeGreaterThanOrEqual(1);
+    expect(first.claimed).toBeLessThan(5);
+    expect(await healthTotal()).toBe(before + first.claimed);
+    const successor = await runDrain(s.rt, { budgetMs: 60_000, reserveMs: 1_000, lookahead: false });
+    expect(successor).toMatchObject({ claimed: 5 - first.claimed, stoppedBy: 'empty' });
+    expect(await healthTotal()).toBe(before + 5);
+  });
+
   it('the next drainer adds its own count on top', async () => {
     const before = await healthTotal();
     await completed('0 seconds');
