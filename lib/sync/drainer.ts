@@ -97,11 +97,11 @@ export async function runDrain(rt: Runtime, options: DrainOptions): Promise<Drai
       await clock.sleep(IDLE_POLL_MS);
     }
   } catch (err) {
-    await releaseDrain(db, inv.holder).catch(() => undefined);
+    await releaseDrain(db, inv.holder, report.claimed).catch(() => undefined);
     throw err;
   }
   // Out of time with work left: hand over to a successor.
-  const { due } = await releaseDrain(db, inv.holder);
+  const { due } = await releaseDrain(db, inv.holder, report.claimed);
   if (due) await wakeDrainer(rt);
   return done();
 
