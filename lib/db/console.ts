@@ -1,18 +1,44 @@
 // The operator console's reads, one database function per view (each served by an index:
-// see supabase/migrations/20261208000500_amocrm_console.sql); the health view adds where
+// see supabase/migrations/20261208000500_amocrm_console.sql, the funnel view per funnel in
+// 20261208001400_amocrm_console_funnels.sql); the health view adds where
 // reading the events feed stands (deal-mirror.ts). The only module that names these functions.
 import { getFeedState, type FeedState } from './deal-mirror.ts';
 import type { Db } from './port.ts';
 
-export interface FunnelLesson { stage_number: number; lesson_id: number; completed: number; moved: number; skipped: number; failed: number; waiting: number }
+/** One counted step of one funnel (the flat list scripts read). */
+export interface FunnelLesson { funnel_key: string; stage_number: number; lesson_id: number | null; completed: number; moved: number; skipped: number; failed: number; waiting: number }
+export interface StuckCount { stage_number: number; status: string; code: string | null; count: number }
+/** One step of a funnel: the version in force's stage and lessons, and the period's events by outcome. */
+export interface FunnelStepCounts {
+  stage_number: number;
+  /** Null for a step the period's events name but the version in force no longer has. */
+  stage_id: number | null;
+  lessons: number[];
+  configured: boolean;
+  completed: number; moved: number; skipped: number; failed: number; waiting: number;
+}
+/** One funnel's counts: its own steps, the deals won and lost in its pipeline, where its students are stuck. */
+export interface FunnelCounts {
+  key: string;
+  name: string;
+  pipeline_id: number | null;
+  /** False for a funnel the period's events name that the version in force no longer has. */
+  configured: boolean;
+  steps: FunnelStepCounts[];
+  won: number;
+  lost: number;
+  stuck: StuckCount[];
+}
 export interface Funnel {
   from: string;
   to: string;
+  /** Per funnel, in the order of the version in force. */
+  funnels: FunnelCounts[];
   lessons: FunnelLesson[];
   won: number;
   lost: number;
-  /** Completed but not moved, and why. */
-  stuck: { stage_number: number; status: string; code: string | null; count: number }[];
+  /** Completed but not moved, and why, over every funnel. */
+  stuck: (StuckCount & { funnel_key: string })[];
 }
 
 export const consoleFunnel = (db: Db, p: { from: string; to: string }) =>
@@ -54,6 +80,7 @@ export interface ConsoleItem {
   created_at: string;
   updated_at: string;
   done_at: string | null;
+  funnel_key?: string;
 }
 
 export interface EventFilter { status?: string; code?: string; lesson?: number; from?: string; to?: string; q?: string; beforeId?: number; limit?: number }

@@ -6,7 +6,7 @@ import { ConsoleInputError, href, keep, parseBucket, parseEventQuery, parsePerio
 import type { RenderContext, Rendered } from './render.ts';
 import { eventView } from './views/event.ts';
 import { eventsView, filterParams } from './views/events.ts';
-import { funnelLessons, funnelView } from './views/funnel.ts';
+import { funnelView } from './views/funnel.ts';
 import { configuredFunnels, studentFunnels } from './views/funnels.ts';
 import { displayFacts, funnelsInForce } from './funnels.ts';
 import { healthView } from './views/health.ts';
@@ -14,13 +14,14 @@ import { studentView } from './views/student.ts';
 
 export async function funnelPage(rt: Runtime, ctx: RenderContext): Promise<Rendered> {
   const period = parsePeriod(ctx.params, ctx.nowMs);
-  const [funnel, config] = await Promise.all([consoleFunnel(rt.db, { from: period.from, to: period.to }), funnelsInForce(rt)]);
-  const facts = await displayFacts(rt, config?.funnels ?? []);
+  // The configuration first: the counts name each funnel's steps from the version in force.
+  const config = await funnelsInForce(rt);
+  const [funnel, facts] = await Promise.all([consoleFunnel(rt.db, { from: period.from, to: period.to }), displayFacts(rt, config?.funnels ?? [])]);
   return {
     title: 'Воронка', view: 'funnel', refreshes: true,
-    body: html`${funnelView(rt.config, funnel, period, keep(ctx.params, ['refresh']))}
+    body: html`${funnelView(funnel, facts, period, keep(ctx.params, ['refresh']))}
 <section aria-labelledby="configured"><h2 id="configured">Настроенные воронки</h2>${configuredFunnels(config, facts)}<p><a href="${href('/funnels')}">изменить воронки, история, откат</a></p></section>`,
-    data: { period, ...funnel, lessons: funnelLessons(rt.config, funnel).map(({ known: _known, ...l }) => l).filter((l) => l.lesson_id), funnels: config },
+    data: { period, ...funnel, configuration: config },
   };
 }
 
@@ -42,7 +43,7 @@ export async function eventsPage(rt: Runtime, ctx: RenderContext): Promise<Rende
     consoleEvents(rt.db, { status: q.status, code: q.code, lesson: q.lesson, from: q.period?.from, to: q.period?.to, q: q.q, beforeId: q.beforeId, limit: q.limit }),
     consoleFunnel(rt.db, { from: summaryPeriod.from, to: summaryPeriod.to }),
   ]);
-  const lessons = funnel.lessons.map((l) => l.lesson_id);
+  const lessons = [...new Set(funnel.funnels.flatMap((f) => f.steps.flatMap((s) => s.lessons)))].sort((a, b) => a - b);
   const refresh = ctx.params.get('refresh')?.trim() || undefined;
   return {
     title: 'События', view: 'events', refreshes: true,
