@@ -7,7 +7,7 @@ import type { Db } from '../lib/db/port.ts';
 import type { Logger } from '../lib/log.ts';
 import type { Runtime } from '../lib/runtime.ts';
 import { STANDIN_ACCOUNT, type AmoStandin } from './amocrm-standin/index.ts';
-import { createSyncStack, LOCAL_LAYOUT, LOCAL_SECRETS, type Row } from './stack/index.ts';
+import { createSyncStack, LOCAL_LAYOUT, LOCAL_SECRETS, type Row, type Student, type StudentOptions } from './stack/index.ts';
 import { startTelegramStandin, type TelegramStandin } from './telegram-standin.ts';
 
 /** Local-only values, documented in the README; never used outside this machine. */
@@ -28,7 +28,7 @@ export interface Embedded {
   env: Record<string, string>;
   /** The local Telegram Bot API the alerts go to (lib/alerts/), with `alerts: true`. */
   telegram?: TelegramStandin;
-  addStudent(email: string, opts?: { leadStatusId?: number; contactName?: string }): Promise<{ userId: string; leadId: number; contactId: number }>;
+  addStudent(email: string, opts?: StudentOptions): Promise<Student>;
   completeLesson(userId: string, lessonId: number): Promise<void>;
   eventsOf(userId: string): Promise<Row[]>;
   settle(timeoutMs?: number): Promise<void>;

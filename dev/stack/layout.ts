@@ -1,11 +1,16 @@
 // The amoCRM account a stack starts with: a Tripwire pipeline with the three lesson stages,
-// and a partner pipeline (so "a deal in another pipeline" can be arranged).
+// and a partner pipeline (so "a deal in another pipeline" can be arranged, and a second
+// funnel can move a deal there: `npm start` shows one).
 import type { AmoStandin } from '../amocrm-standin/index.ts';
 
 export interface StackLayout {
   pipelineId: number;
   otherPipelineId: number;
-  stages: { incoming: number; lesson1: number; lesson2: number; lesson3: number; paid: number; otherPipelineStage: number };
+  stages: {
+    incoming: number; lesson1: number; lesson2: number; lesson3: number; paid: number; otherPipelineStage: number;
+    /** A stage after the partner pipeline's first, for a second funnel's step. */
+    otherPipelineStep?: number;
+  };
   /** Deals and contacts a stack adds are numbered from here, one after the other. */
   firstLeadId: number;
   firstContactId: number;
@@ -15,7 +20,7 @@ export interface StackLayout {
 export const LOCAL_LAYOUT: StackLayout = {
   pipelineId: 7_000_001,
   otherPipelineId: 7_000_002,
-  stages: { incoming: 70_001, lesson1: 70_011, lesson2: 70_012, lesson3: 70_013, paid: 70_020, otherPipelineStage: 80_001 },
+  stages: { incoming: 70_001, lesson1: 70_011, lesson2: 70_012, lesson3: 70_013, paid: 70_020, otherPipelineStage: 80_001, otherPipelineStep: 80_011 },
   firstLeadId: 31_000_001,
   firstContactId: 41_000_001,
 };
@@ -38,7 +43,13 @@ export function addPipelines(amo: AmoStandin, { pipelineId, otherPipelineId, sta
       { id: stages.paid, name: 'Оплата основного курса', sort: 50 },
     ],
   });
-  amo.addPipeline({ id: otherPipelineId, name: 'Партнёры', statuses: [{ id: stages.otherPipelineStage, name: 'Новый партнёр', sort: 10 }] });
+  amo.addPipeline({
+    id: otherPipelineId, name: 'Партнёры',
+    statuses: [
+      { id: stages.otherPipelineStage, name: 'Новый партнёр', sort: 10 },
+      ...(stages.otherPipelineStep ? [{ id: stages.otherPipelineStep, name: 'Бонусный урок пройден', sort: 20 }] : []),
+    ],
+  });
 }
 
 /** The environment the runtime reads, pointing at the stand-in. */
