@@ -34,10 +34,11 @@ export const envSchema = z
     AMOCRM_REFRESH_TOKEN: optionalText,
     AMOCRM_LONG_LIVED_TOKEN: optionalText,
 
-    AMOCRM_PIPELINE_ID: id,
-    AMOCRM_STAGE_LESSON_1: id,
-    AMOCRM_STAGE_LESSON_2: id,
-    AMOCRM_STAGE_LESSON_3: id,
+    /** The first funnel (version 1) while none is saved; unused once one is (lib/config.ts, envFunnelOf). */
+    AMOCRM_PIPELINE_ID: id.optional(),
+    AMOCRM_STAGE_LESSON_1: id.optional(),
+    AMOCRM_STAGE_LESSON_2: id.optional(),
+    AMOCRM_STAGE_LESSON_3: id.optional(),
 
     AMOCRM_WEBHOOK_SECRET: z.string({ error: 'is required: the secret the database signs webhooks with (the same value as the webhook_secret setting)' }).min(16, 'at least 16 characters (use whsec_ + base64 of 24+ random bytes)'),
     AMOCRM_REPLAY_TOKEN: z.string().min(16, 'at least 16 characters').optional(),
@@ -66,6 +67,8 @@ export const envSchema = z
 export type Env = z.infer<typeof envSchema>;
 
 export const STAGE_VARS = ['AMOCRM_STAGE_LESSON_1', 'AMOCRM_STAGE_LESSON_2', 'AMOCRM_STAGE_LESSON_3'] as const;
+/** The variables that make the first funnel while none is saved. */
+export const FUNNEL_VARS = ['AMOCRM_PIPELINE_ID', ...STAGE_VARS] as const;
 export const OAUTH_VARS = ['AMOCRM_CLIENT_ID', 'AMOCRM_CLIENT_SECRET', 'AMOCRM_REDIRECT_URI'] as const;
 export const NETLIFY_ENV = 'Netlify → Site configuration → Environment variables (and .env locally)';
 
@@ -83,8 +86,8 @@ const HINTS: Record<string, string> = {
   AMOCRM_CLIENT_ID: 'copy the integration ID from amoCRM → Settings → Integrations → your integration → Keys and scopes',
   AMOCRM_CLIENT_SECRET: 'copy the secret key from amoCRM → Settings → Integrations → your integration → Keys and scopes',
   AMOCRM_REDIRECT_URI: 'set it to the redirect URI registered for the integration, exactly',
-  AMOCRM_PIPELINE_ID: 'npm run amocrm -- pipelines lists the pipeline ids',
-  AMOCRM_STAGE_LESSON_1: 'npm run amocrm -- pipelines lists the stage ids (three different stages)',
+  AMOCRM_PIPELINE_ID: 'npm run amocrm -- pipelines lists the pipeline ids (or save the funnels instead: npm run amocrm -- funnels set <file>)',
+  AMOCRM_STAGE_LESSON_1: 'npm run amocrm -- pipelines lists the stage ids (three different stages; or save the funnels instead: npm run amocrm -- funnels set <file>)',
   AMOCRM_STAGE_LESSON_2: 'npm run amocrm -- pipelines lists the stage ids',
   AMOCRM_STAGE_LESSON_3: 'npm run amocrm -- pipelines lists the stage ids',
   AMOCRM_WEBHOOK_SECRET: "generate one (node -e \"console.log('whsec_'+require('crypto').randomBytes(24).toString('base64'))\") and store the same value as webhook_secret in amocrm.system_settings",

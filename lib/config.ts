@@ -1,11 +1,10 @@
 // Configuration from the environment, validated once with zod. Every variable is
 // documented in .env.example. Secrets are read here and passed on, never logged.
 import { z } from 'zod';
-import { AMOCRM_DOMAINS, envSchema, fixFor, OAUTH_VARS, STAGE_VARS, type Env } from './config-variables.ts';
+import { envSchema, fixFor, FUNNEL_VARS, OAUTH_VARS, STAGE_VARS, type Env } from './config-variables.ts';
 import { jwtClaims } from './jwt.ts';
 
-export { envSchema, fixFor, NETLIFY_ENV, OAUTH_VARS, PLACEHOLDER_STAGE_IDS, STAGE_VARS, type Env } from './config-variables.ts';
-
+export { envSchema, fixFor, FUNNEL_VARS, NETLIFY_ENV, OAUTH_VARS, PLACEHOLDER_STAGE_IDS, STAGE_VARS, type Env } from './config-variables.ts';
 
 export interface Config {
   amocrm: {
@@ -17,9 +16,12 @@ export interface Config {
     timeoutMs: number;
     maxRps: number;
   };
-  pipelineId: number;
-  /** Stage ids in Tripwire order: index 0 = lesson 1. */
-  stageIds: [number, number, number];
+  /**
+   * AMOCRM_PIPELINE_ID and AMOCRM_STAGE_LESSON_1..3 (index 0 = lesson 1): the first funnel,
+   * saved as version 1 while none is saved. Absent when unset; unused once a funnel is saved.
+   */
+  pipelineId?: number;
+  stageIds?: [number, number, number];
   webhookSecret: string;
   replayToken?: string;
   maxAttempts: number;
@@ -128,6 +130,13 @@ function crossProblems(source: Source, v: Partial<Env>, known: ConfigProblem[]):
       if (!v[key] && open(key)) out.push(problem(key, 'required for OAuth (or set AMOCRM_LONG_LIVED_TOKEN for a private integration)', isBlank(source[key])));
     }
   }
+  // All four or none: a funnel saved in the database makes them unnecessary, half of them is a mistake.
+  const given = FUNNEL_VARS.filter((k) => v[k] !== undefined || !open(k));
+  if (given.length) {
+    for (const key of FUNNEL_VARS) {
+      if (v[key] === undefined && open(key)) out.push(problem(key, `required with ${given.join(', ')}: the first funnel needs the pipeline and all three stages (or unset all four once a funnel is saved: npm run amocrm -- funnels set)`, isBlank(source[key])));
+    }
+  }
   const stages = STAGE_VARS.map((k) => v[k]);
   if (stages.every((s) => s !== undefined) && new Set(stages).size !== stages.length) {
     out.push(problem('AMOCRM_STAGE_LESSON_1', 'the three lesson stages must be different stage ids', false));
@@ -165,8 +174,9 @@ function buildConfig(env: Env, derived: Derived): Config {
       timeoutMs: env.AMOCRM_TIMEOUT_MS,
       maxRps: env.AMOCRM_MAX_RPS,
     },
-    pipelineId: env.AMOCRM_PIPELINE_ID,
-    stageIds: [env.AMOCRM_STAGE_LESSON_1, env.AMOCRM_STAGE_LESSON_2, env.AMOCRM_STAGE_LESSON_3],
+    ...(env.AMOCRM_PIPELINE_ID !== undefined && env.AMOCRM_STAGE_LESSON_1 !== undefined && env.AMOCRM_STAGE_LESSON_2 !== undefined && env.AMOCRM_STAGE_LESSON_3 !== undefined
+      ? { pipelineId: env.AMOCRM_PIPELINE_ID, stageIds: [env.AMOCRM_STAGE_LESSON_1, env.AMOCRM_STAGE_LESSON_2, env.AMOCRM_STAGE_LESSON_3] as [number, number, number] }
+      : {}),
     webhookSecret: env.AMOCRM_WEBHOOK_SECRET,
     replayToken: env.AMOCRM_REPLAY_TOKEN,
     maxAttempts: env.AMOCRM_MAX_ATTEMPTS,
@@ -201,6 +211,17 @@ function supabaseProblems(source: Source, derived: Derived): ConfigProblem[] {
     }
   }
   return out;
+}
+
+/** The first funnel the variables give (while none is saved), or null when they are unset. */
+export function envFunnelOf(config: Pick<Config, 'pipelineId' | 'stageIds'>): { pipelineId: number; stageIds: [number, number, number] } | null {
+  return config.pipelineId !== undefined && config.stageIds ? { pipelineId: config.pipelineId, stageIds: config.stageIds } : null;
+}
+
+/** No funnel is saved and the variables that would make the first one are unset: what to set, or what to run. */
+export function noFunnelError(): ConfigError {
+  const what = 'no funnel is saved and it is unset: set AMOCRM_PIPELINE_ID and AMOCRM_STAGE_LESSON_1..3 (they become the first funnel), or save the funnels with npm run amocrm -- funnels set <file>';
+  return new ConfigError(FUNNEL_VARS.map((variable) => ({ variable, message: what })));
 }
 
 /** The configuration, or a ConfigError listing every problem (never a value). */

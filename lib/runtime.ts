@@ -4,7 +4,8 @@
 // database and amoCRM stand-in.
 import { randomUUID } from 'node:crypto';
 import { systemClock, type Clock } from './clock.ts';
-import { ConfigError, loadConfig, readVariable, type Config } from './config.ts';
+import { ConfigError, envFunnelOf, loadConfig, noFunnelError, readVariable, type Config } from './config.ts';
+import { currentFunnels } from './db/funnels.ts';
 import type { Db } from './db/port.ts';
 import { axiosTransport, createAmoHttp, type TokenSource, type Transport } from './amocrm/http.ts';
 import { createOAuthClient, type OAuthClient } from './amocrm/oauth.ts';
@@ -41,7 +42,7 @@ export function buildRuntime(config: Config, db: Db, parts: { transport?: Transp
   const log = parts.log ?? createLogger();
   const transport = parts.transport ?? axiosTransport(config.amocrm.baseUrl, config.amocrm.timeoutMs);
   // Kept while warm: read again when a claimed event names a newer version.
-  const funnels = databaseFunnels(db, { pipelineId: config.pipelineId, stageIds: config.stageIds });
+  const funnels = databaseFunnels(db, envFunnelOf(config));
   return {
     config, db, log, clock, transport,
     invocation(maxWaitMs, { lane = 'lesson' } = {}) {
@@ -92,12 +93,25 @@ export function runtimeFromEnv(): Promise<Runtime> {
     }
     if (!config.supabase) throw new ConfigError([NO_SUPABASE]);
     const { supabaseDb } = await import('./db/supabase.ts');
-    return buildRuntime(config, supabaseDb(config.supabase.url, config.supabase.serviceRoleKey));
+    return requireFunnels(buildRuntime(config, supabaseDb(config.supabase.url, config.supabase.serviceRoleKey)));
   })().catch((err) => {
     fromEnv = undefined; // a fixed env is picked up by the next request
     throw err;
   });
   return fromEnv;
+}
+
+/**
+ * Without the funnel variables the funnels must be saved: otherwise the deploy is not
+ * configured, and says so as for a missing variable (the caller checked first). A database
+ * that does not answer is not a configuration problem: the runtime is kept, and its own
+ * calls report the database.
+ */
+export async function requireFunnels(rt: Runtime): Promise<Runtime> {
+  if (envFunnelOf(rt.config)) return rt;
+  const saved = await currentFunnels(rt.db).catch((err: unknown) => (err instanceof ConfigError ? Promise.reject(err) : 'unknown'));
+  if (saved === null) throw noFunnelError();
+  return rt;
 }
 
 /**

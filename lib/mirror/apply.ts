@@ -22,7 +22,7 @@ export async function applyPendingDeliveries(rt: Runtime): Promise<{ deliveries:
   let leads: Record<string, LeadState> | undefined;
   // A burst of hooks can leave more than one call's worth; each call takes 100.
   for (let round = 0; round < 20; round++) {
-    const r = await applyDeliveries(rt.db, rt.config.pipelineId, { holder, leads });
+    const r = await applyDeliveries(rt.db, rt.config.pipelineId ?? 0, { holder, leads });
     deliveries += r.deliveries;
     changed += logChanges(rt, r.results, 'hook');
     if (r.to_read.length) {

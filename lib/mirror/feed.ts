@@ -80,7 +80,7 @@ export async function reconcileFeed(rt: Runtime, { maxPages = 50, budgetMs = 15_
     report.read += result.events.length;
     report.pages++;
     if (changes.length) {
-      const { results } = await applyChanges(db, changes, 'feed', rt.config.pipelineId);
+      const { results } = await applyChanges(db, changes, 'feed', rt.config.pipelineId ?? 0);
       report.changed += logChanges(rt, results, 'feed');
     }
     page++;

@@ -2,6 +2,7 @@
 // look-alike contacts amoCRM's substring search also returns are shown and ignored.
 import { LOST_STATUS_ID, WON_STATUS_ID, type Contact, type Lead, type Pipeline } from '../amocrm/resources.ts';
 import { isClosed, normalizeEmail, type DealChoice } from '../sync/decide.ts';
+import { currentFunnels } from '../db/funnels.ts';
 import { findDeal } from '../sync/find-deal.ts';
 import { finish, type CommandContext, type CommandResult } from './command.ts';
 import { failureLines } from './failure.ts';
@@ -22,10 +23,11 @@ export async function findDealCommand(ctx: CommandContext, email: string): Promi
   if (!/^[^\s@]+@[^\s@]+$/.test(wanted)) return result(2, [`❌ "${email}" is not an e-mail address → npm run amocrm -- find-deal student@example.com`]);
   try {
     const { runtime, configured } = commandRuntime(ctx);
-    if (!configured.pipeline) {
-      return result(1, ['❌ AMOCRM_PIPELINE_ID is not set: the deal is chosen within the Tripwire pipeline → npm run amocrm -- pipelines, then set it']);
+    // The first funnel's pipeline: the saved one's, else the variables' while none is saved.
+    const pipelineId = (await currentFunnels(ctx.db))?.funnels[0]?.pipelineId ?? (configured.pipeline ? runtime.config.pipelineId : undefined);
+    if (pipelineId === undefined) {
+      return result(1, ['❌ no funnel is saved and AMOCRM_PIPELINE_ID is not set: the deal is chosen within the first funnel\'s pipeline → npm run amocrm -- funnels set <file.json> (or set AMOCRM_PIPELINE_ID)']);
     }
-    const pipelineId = runtime.config.pipelineId;
     const amo = runtime.invocation(10_000).amo;
     // The sync's own search and choice: what this prints is what the sync would do.
     const found = await findDeal(amo, wanted, pipelineId);

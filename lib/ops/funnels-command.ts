@@ -3,6 +3,7 @@
 // change that fails a check is refused with every problem listed and nothing is saved, and
 // a change someone else saved in between is refused rather than overwritten.
 import { readFile } from 'node:fs/promises';
+import { envFunnelOf } from '../config.ts';
 import { funnelHistory } from '../db/funnels.ts';
 import { checkFunnels, formatProblem, type FunnelProblem } from '../funnels/check.ts';
 import { applyFunnels, loadFunnels, readFacts, reviewFunnels, rollbackTo, type EditDeps, type EditOutcome } from '../funnels/edit.ts';
@@ -78,7 +79,7 @@ function editDeps(ctx: CommandContext): EditDeps {
 async function savedConfig(ctx: CommandContext): Promise<FunnelConfig | null> {
   const { runtime, configured } = commandRuntime(ctx);
   const fromEnv = configured.pipeline && !configured.stages.includes(false);
-  return loadFunnels(ctx.db, fromEnv ? { pipelineId: runtime.config.pipelineId, stageIds: runtime.config.stageIds } : null);
+  return loadFunnels(ctx.db, fromEnv ? envFunnelOf(runtime.config) : null);
 }
 
 const NOTHING_SAVED = '⚠️ no funnels saved yet: the sync uses AMOCRM_PIPELINE_ID and AMOCRM_STAGE_LESSON_1..3 → npm run amocrm -- funnels set <file.json>';

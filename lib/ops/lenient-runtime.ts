@@ -43,8 +43,8 @@ export function commandRuntime(ctx: CommandContext): CommandRuntime {
   return {
     runtime,
     configured: {
-      pipeline: !filled.has('AMOCRM_PIPELINE_ID'),
-      stages: STAGE_VARS.map((v) => !filled.has(v)) as [boolean, boolean, boolean],
+      pipeline: !filled.has('AMOCRM_PIPELINE_ID') && config.pipelineId !== undefined,
+      stages: STAGE_VARS.map((v) => !filled.has(v) && config.stageIds !== undefined) as [boolean, boolean, boolean],
     },
   };
 }

@@ -16,7 +16,7 @@ export async function pipelinesCommand(ctx: CommandContext): Promise<CommandResu
       const mark = configured.pipeline && p.id === config.pipelineId ? '   ← AMOCRM_PIPELINE_ID' : '';
       lines.push('', `pipeline ${p.id}  '${p.name}'${mark}`);
       for (const s of [...p.statuses].sort((a, b) => a.sort - b.sort)) {
-        const marks = config.stageIds
+        const marks = (config.stageIds ?? [])
           .map((id, i) => (configured.stages[i] && id === s.id ? STAGE_VARS[i] : undefined))
           .filter(Boolean);
         const system = s.id === WON_STATUS_ID ? ' (system: won)' : s.id === LOST_STATUS_ID ? ' (system: lost)' : '';
@@ -25,13 +25,14 @@ export async function pipelinesCommand(ctx: CommandContext): Promise<CommandResu
     }
     lines.push('');
     if (!configured.pipeline || configured.stages.includes(false)) {
-      lines.push('Set AMOCRM_PIPELINE_ID to the Tripwire pipeline and AMOCRM_STAGE_LESSON_1..3 to its three lesson stages.');
+      lines.push('Save the funnels with these ids (npm run amocrm -- funnels set <file.json>), or, while none is saved, set AMOCRM_PIPELINE_ID and AMOCRM_STAGE_LESSON_1..3 to the first funnel\'s pipeline and three lesson stages.');
     } else {
       const pipeline = pipelines.find((p) => p.id === config.pipelineId);
-      const missing = config.stageIds.filter((id) => !pipeline?.statuses.some((s) => s.id === id));
+      const stageIds = config.stageIds ?? [];
+      const missing = stageIds.filter((id) => !pipeline?.statuses.some((s) => s.id === id));
       if (!pipeline) lines.push(`⚠️ AMOCRM_PIPELINE_ID ${config.pipelineId} is not one of these pipelines`);
       else if (missing.length) lines.push(`⚠️ configured stage(s) ${missing.join(', ')} are not in pipeline '${pipeline.name}' (${pipeline.id})`);
-      else lines.push(`✅ configured: pipeline '${pipeline.name}' (${pipeline.id}), stages ${config.stageIds.join(', ')}`);
+      else lines.push(`✅ configured: pipeline '${pipeline.name}' (${pipeline.id}), stages ${stageIds.join(', ')}`);
     }
     return finish(0, lines);
   } catch (err) {

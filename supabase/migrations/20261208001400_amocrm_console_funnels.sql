@@ -159,8 +159,10 @@ language sql volatile security definer set search_path = '' as $$
            coalesce(l.completed, 0) as completed, coalesce(l.moved, 0) as moved, coalesce(l.skipped, 0) as skipped,
            coalesce(l.failed, 0) as failed, coalesce(l.waiting, 0) as waiting, l.funnel_key is not null as counted
       from configured s full join counted l on l.funnel_key = s.funnel_key and l.stage_number = s.stage_number),
+  -- A change recorded without a pipeline counts in the first funnel's (as a deal remembered
+  -- without one belongs to it).
   closed as (
-    select d.kind, d.pipeline_id, count(*) as n from amocrm.deal_changes d
+    select d.kind, coalesce(d.pipeline_id, amocrm.default_pipeline()) as pipeline_id, count(*) as n from amocrm.deal_changes d
      where d.kind in ('won', 'lost') and d.changed_at >= p_from and d.changed_at < p_to group by 1, 2),
   stuck as (
     select c.funnel_key, c.stage_number, c.status, c.code, sum(c.n) as n from c where c.status <> 'done' group by 1, 2, 3, 4)

@@ -286,7 +286,7 @@ describe('deals found ahead of time', () => {
     expect(report.noDeal).toBeGreaterThanOrEqual(1);
     expect(await s.t.sql(`select 1 from amocrm.student_leads where user_id = $1`, [user!.id])).toEqual([]);
     // The deal appears later (sales created it); the first lesson finds it by a search.
-    s.amo.addLead({ id: 95_000_001, name: 'late deal', pipelineId: s.rt.config.pipelineId, statusId: STAGE.incoming, updatedAt: 1_700_000_000 });
+    s.amo.addLead({ id: 95_000_001, name: 'late deal', pipelineId: s.rt.config.pipelineId!, statusId: STAGE.incoming, updatedAt: 1_700_000_000 });
     s.amo.addContact({ id: 85_000_001, name: 'late', emails: [address], leadIds: [95_000_001] });
     s.amo.resetCounts();
     expect(await webhook(user!.id, 67)).toMatchObject({ outcome: 'done', lead_id: 95_000_001 });

@@ -151,7 +151,7 @@ describe('a deal a manager closes after the sync read it', () => {
         const leads = await inv.sync.amo.getLeads(ids);
         const lost = s.amo.managerLose(st.leadId);
         await applyChanges(s.t.db, [{ lead_id: st.leadId, action: 'status', pipeline_id: lost.pipelineId, status_id: 143,
-          old_pipeline_id: lost.pipelineId, old_status_id: STAGE.lesson1, modified_at: lost.updatedAt }], 'hook', s.rt.config.pipelineId);
+          old_pipeline_id: lost.pipelineId, old_status_id: STAGE.lesson1, modified_at: lost.updatedAt }], 'hook', s.rt.config.pipelineId!);
         return leads;
       },
     };

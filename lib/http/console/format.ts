@@ -34,7 +34,7 @@ export const count = (n: number | null | undefined) => (n === null || n === unde
 /** A deal's status in words: the lesson stages this sync moves deals to, won and lost. */
 export function stageName(config: Config, statusId: number | null | undefined): string {
   if (statusId === null || statusId === undefined) return '—';
-  const lesson = config.stageIds.indexOf(statusId);
+  const lesson = (config.stageIds ?? ([] as number[])).indexOf(statusId);
   if (lesson >= 0) return `этап урока ${lesson + 1} (${statusId})`;
   if (statusId === WON_STATUS) return `успешно реализовано (${statusId})`;
   if (statusId === LOST_STATUS) return `закрыто и не реализовано (${statusId})`;

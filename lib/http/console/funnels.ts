@@ -3,6 +3,7 @@
 // through lib/funnels/edit.ts like the CLI: a change with a problem is refused with every
 // problem shown and the operator's text kept in the box, a change made from an older
 // version than the one in force is refused, and each outcome is one log line.
+import { envFunnelOf } from '../../config.ts';
 import { funnelHistory } from '../../db/funnels.ts';
 import type { FunnelProblem } from '../../funnels/check.ts';
 import { applyFunnels, loadFunnels, readFacts, reviewFunnels, rollbackTo, type EditDeps, type EditOutcome, type FunnelFacts } from '../../funnels/edit.ts';
@@ -22,7 +23,7 @@ const editDeps = (rt: Runtime): EditDeps => {
 };
 
 /** The configuration in force (today's variables become version 1 the first time, as in the sync). */
-export const funnelsInForce = (rt: Runtime) => loadFunnels(rt.db, { pipelineId: rt.config.pipelineId, stageIds: rt.config.stageIds });
+export const funnelsInForce = (rt: Runtime) => loadFunnels(rt.db, envFunnelOf(rt.config));
 
 /** Names for a view: amoCRM not answering leaves ids only, never a broken page. */
 export async function displayFacts(rt: Runtime, funnels: readonly Funnel[]): Promise<FunnelFacts & { amoError?: string }> {

@@ -7,8 +7,11 @@ import type { Runtime } from '../../runtime.ts';
 import { failureText } from '../failure.ts';
 import type { Add } from './report.ts';
 
-/** Checks the account, pipeline and stages; returns whether the account answered. */
-export async function checkAmo(runtime: Runtime, add: Add): Promise<boolean> {
+/**
+ * Checks the account, and the variables' pipeline and stages while they make the funnel
+ * (`funnelVarsInUse`: set, and no funnel saved yet); returns whether the account answered.
+ */
+export async function checkAmo(runtime: Runtime, add: Add, funnelVarsInUse = true): Promise<boolean> {
   const { config } = runtime;
   const amo = runtime.invocation(10_000).amo;
   try {
@@ -21,6 +24,7 @@ export async function checkAmo(runtime: Runtime, add: Add): Promise<boolean> {
       whatToDo ?? (network ? 'check AMOCRM_SUBDOMAIN / AMOCRM_BASE_DOMAIN (or AMOCRM_BASE_URL)' : 'see the error; retry later'));
     return false;
   }
+  if (!funnelVarsInUse || config.pipelineId === undefined || !config.stageIds) return true;
   let pipelines: Pipeline[];
   try {
     pipelines = await amo.listPipelines();
@@ -35,7 +39,7 @@ export async function checkAmo(runtime: Runtime, add: Add): Promise<boolean> {
       'set AMOCRM_PIPELINE_ID to the Tripwire pipeline: npm run amocrm -- pipelines');
     return true;
   }
-  checkStages(runtime.config.stageIds, pipeline, pipelines, add);
+  checkStages(config.stageIds, pipeline, pipelines, add);
   return true;
 }
 

@@ -41,8 +41,8 @@ export function checkEnvironment(deps: EnvironmentSource, now: () => number, add
   const { config } = reading;
   if (config) {
     const replay = config.replayToken ? `, replay token set (${config.replayToken.length} chars)` : '';
-    const [s1, s2, s3] = config.stageIds;
-    add('ok', 'env', `required variables present and well-formed (amoCRM ${config.amocrm.baseUrl}, pipeline ${config.pipelineId}, stages ${s1}, ${s2}, ${s3}; webhook secret set (${config.webhookSecret.length} chars)${replay})`);
+    const funnel = config.stageIds ? `pipeline ${config.pipelineId}, stages ${config.stageIds.join(', ')}` : 'no funnel variables (the funnels saved in the database)';
+    add('ok', 'env', `required variables present and well-formed (amoCRM ${config.amocrm.baseUrl}, ${funnel}; webhook secret set (${config.webhookSecret.length} chars)${replay})`);
   }
   checkAdvisories(reading, bad, add);
   deployed.forEach(fail);

@@ -3,6 +3,7 @@
 // or reordered in amoCRM, or a lesson archived, since the funnel was saved is one ❌ line per
 // problem; a funnel with none is one ✅ line with its steps. While none is saved, the funnel
 // in force is the one the sync will save from the variables on its first event.
+import { FUNNEL_VARS } from '../../config.ts';
 import type { Db } from '../../db/port.ts';
 import { currentFunnels } from '../../db/funnels.ts';
 import { checkFunnels, type PipelineFacts } from '../../funnels/check.ts';
@@ -22,7 +23,8 @@ export function envFunnel(pipelineId: number, stageIds: readonly number[], tripw
   };
 }
 
-export async function checkSavedFunnels(db: Db, listPipelines: () => Promise<PipelineFacts[]>, fromEnv: Funnel, add: Add): Promise<void> {
+/** `fromEnv`: the funnel AMOCRM_PIPELINE_ID and AMOCRM_STAGE_LESSON_1..3 give, null when they are unset. */
+export async function checkSavedFunnels(db: Db, listPipelines: () => Promise<PipelineFacts[]>, fromEnv: Funnel | null, add: Add): Promise<void> {
   let saved: FunnelConfig | null;
   try {
     saved = await currentFunnels(db);
@@ -30,7 +32,13 @@ export async function checkSavedFunnels(db: Db, listPipelines: () => Promise<Pip
     add('fail', 'funnels', `cannot read the saved funnels: ${failureText(err)}`, 'apply the migrations in supabase/migrations');
     return;
   }
-  const config = saved ?? { version: 0, funnels: [fromEnv], changedBy: 'env', changedAt: '' };
+  if (!saved && !fromEnv) {
+    add('fail', 'funnels', `no funnel is saved and ${FUNNEL_VARS.join(', ')} are unset: the sync has no funnel to move deals in`,
+      `save the funnels: npm run amocrm -- funnels set <file.json> (or set ${FUNNEL_VARS.join(', ')}: they become the first funnel)`);
+    return;
+  }
+  if (saved && fromEnv) unusedVariables(saved, fromEnv, add);
+  const config = saved ?? { version: 0, funnels: [fromEnv!], changedBy: 'env', changedAt: '' };
   let facts;
   try {
     facts = await readFacts({ db, listPipelines }, config.funnels);
@@ -52,5 +60,18 @@ export async function checkSavedFunnels(db: Db, listPipelines: () => Promise<Pip
     const steps = funnel.steps.map((s) => `${s.lessons.join('+')} → ${s.stageId} '${pipeline.statuses.find((st) => st.id === s.stageId)?.name ?? ''}'`);
     const version = saved ? `version ${config.version}` : 'from the variables, saved on the first event';
     add('ok', check, `'${funnel.name}' in '${pipeline.name}' (${pipeline.id}), ${version}: ${steps.join(', ')}`);
+  }
+}
+
+/** Once a funnel is saved the variables are no longer read: said plainly, and louder when they disagree with it. */
+function unusedVariables(saved: FunnelConfig, fromEnv: Funnel, add: Add): void {
+  const same = saved.funnels.find((f) => f.key === fromEnv.key);
+  const agrees = same !== undefined && same.pipelineId === fromEnv.pipelineId
+    && same.steps.map((s) => s.stageId).join(',') === fromEnv.steps.map((s) => s.stageId).join(',');
+  const vars = FUNNEL_VARS.join(', ');
+  if (agrees) {
+    add('ok', 'funnel variables', `${vars} are no longer used: the funnels are saved (version ${saved.version}); they may be removed`);
+  } else {
+    add('warn', 'funnel variables', `${vars} are no longer used and disagree with the saved funnels (version ${saved.version}: ${saved.funnels.map((f) => `${f.key} in pipeline ${f.pipelineId}`).join(', ')}; the variables: pipeline ${fromEnv.pipelineId}, stages ${fromEnv.steps.map((s) => s.stageId).join(', ')}): the sync follows the saved funnels → remove the variables (or change the funnels: npm run amocrm -- funnels set <file.json>)`);
   }
 }

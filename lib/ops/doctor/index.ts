@@ -14,6 +14,8 @@
 //   alerts.ts       the alert channels (a test message with --alert-test)
 // A result never carries a secret: tokens, the client secret, the service key and the
 // webhook secret appear as "set"/"missing" or a length.
+import { envFunnelOf } from '../../config.ts';
+import { currentFunnels } from '../../db/funnels.ts';
 import { memoryLogger } from '../../log.ts';
 import type { Db } from '../../db/port.ts';
 import { buildRuntime, type Runtime } from '../../runtime.ts';
@@ -79,11 +81,13 @@ export async function runDoctor(deps: DoctorDeps): Promise<CheckResult[]> {
   } else if (!tokensUsable) {
     add('warn', 'amoCRM', 'not checked: no usable tokens (see tokens above)');
   } else {
-    accountAnswered = await checkAmo(runtime, add);
+    const saved = deps.db ? await currentFunnels(deps.db).catch(() => null) : null;
+    accountAnswered = await checkAmo(runtime, add, !saved);
   }
   if (runtime && accountAnswered && deps.db && facts) {
     const amo = runtime.invocation(10_000).amo;
-    const fromEnv = envFunnel(runtime.config.pipelineId, runtime.config.stageIds, facts.tripwire_lessons);
+    const vars = envFunnelOf(runtime.config);
+    const fromEnv = vars ? envFunnel(vars.pipelineId, vars.stageIds, facts.tripwire_lessons) : null;
     await checkSavedFunnels(deps.db, () => amo.listPipelines(), fromEnv, add);
   }
 

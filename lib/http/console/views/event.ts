@@ -52,7 +52,7 @@ ${force ? html`<label><input type="checkbox" name="force" value="1"> и если
 
 export function eventView(config: Config, d: EventDetail): Html {
   const e = d.event;
-  const stage = config.stageIds[e.stage_number - 1];
+  const stage = e.funnel_key === undefined || e.funnel_key === 'tripwire' ? config.stageIds?.[e.stage_number - 1] : undefined;
   return html`<h1>Событие ${e.id} ${badge(e.status)}</h1>
 <section aria-labelledby="what"><h2 id="what">Что делать</h2><p class="note${e.status === 'done' ? '' : ' warn'}" data-field="advice">${adviceFor(e.status, e.code)}</p>
 ${replayButton(e.id, e.status)}</section>
