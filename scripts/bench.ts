@@ -4,7 +4,9 @@
 // blocks the account (403) after repeated 429s as amoCRM does, and answers after a random
 // delay (100–300 ms by default). Not a test: nothing here passes or fails, it measures.
 // The topology section (bursts in production topology, scripts/bench/topology.ts) takes
-// the longest: about 20–40 minutes at --burst 1000; --burst 100 is a quick look.
+// the longest: about 20–40 minutes at --burst 1000; --burst 100 is a quick look. Its parts
+// (--topology): idle, cold, warm, ahead, and notes (a warm burst without and with a note and
+// a task at every funnel step, side by side: a few minutes).
 // The month (a month of an academy's traffic, compressed: scripts/bench/month.ts) runs only
 // when --only names it: about 10 minutes, on PGlite only (it moves the database's clock).
 import { writeFileSync } from 'node:fs';
@@ -13,12 +15,13 @@ import { createSyncStack, openStackDatabase, type Stack, type Student } from '..
 import { createLogger } from '../lib/log.ts';
 import { deliverEvent } from '../lib/sync/process-event.ts';
 import { runSweep } from '../lib/sync/sweep.ts';
+import type { TopologyPart } from './bench/topology.ts';
 import { CliFailure, exitOnUsageError, parseCommandLine, runMain, UsageError } from './cli.ts';
 
 const SECTIONS = ['write', 'calls', 'latency', 'burst', 'tokens', 'cold', 'topology', 'console', 'start', 'month'];
 /** Sections a run without --only leaves out (they take long): name them in --only. */
 const ONLY_WHEN_NAMED = new Set(['month']);
-const TOPOLOGY_PARTS = ['idle', 'cold', 'warm', 'ahead'];
+const TOPOLOGY_PARTS: readonly string[] = ['idle', 'cold', 'warm', 'ahead', 'notes'];
 const USAGE = `Usage: npm run bench [-- --burst N --latency MIN,MAX --events N --rows N --only ${SECTIONS.join(',')} --topology ${TOPOLOGY_PARTS.join(',')} --db-rtt MS --console-events N --month-days N --month-seed N --json FILE]`;
 const args = exitOnUsageError(() => {
   const { values } = parseCommandLine(process.argv.slice(2), {
@@ -322,7 +325,7 @@ async function benchProductionTopology() {
   const n = Number(args.burst);
   console.log(`\n[7] Bursts in production topology (${dbLabel}): ${n} students per variant; pg_net ≤ 200 in flight, functions held to Netlify's limits, the scheduled run on its cron only; amoCRM at 7 req/s, ${latency.join('–')} ms, blocking on; AMOCRM_MAX_RPS 6`);
   const { benchTopology } = await import('./bench/topology.ts');
-  const parts = new Set(args.topology.split(',') as ('idle' | 'cold' | 'warm' | 'ahead')[]);
+  const parts = new Set(args.topology.split(',') as TopologyPart[]);
   const dbRoundTripMs = Number(args['db-rtt']);
   if (dbRoundTripMs) console.log(`  … each database call of the functions takes ${dbRoundTripMs} ms more (--db-rtt: the round trip to PostgREST)`);
   await benchTopology({ n, latencyMs: latency, databaseUrl, row, parts, dbRoundTripMs });

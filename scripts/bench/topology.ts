@@ -10,6 +10,8 @@
 //   warm        deal remembered from an earlier lesson: they complete lesson 68
 //   found ahead look-ahead on: signed up first, their jobs worked by the design (timed from
 //               the first scheduled run against the look-ahead's floor); then lesson 67
+//   notes       warm students twice, without and with a note and a task at every funnel
+//               step, side by side (scripts/bench/topology-notes.ts)
 // Each burst also counts its webhook invocations and pg_net requests per event: while a
 // drainer holds the queue the trigger rings nothing.
 // Before them, single events at idle (one every 2 s); during the cold burst, a lone event.
@@ -18,7 +20,11 @@ import { loadavg } from 'node:os';
 import { createLogger } from '../../lib/log.ts';
 import type { FunctionRun } from '../../dev/server.ts';
 import { createSyncStack, type Stack, type Student } from '../../dev/stack/index.ts';
+import { benchNotes } from './topology-notes.ts';
 import { serveProductionTopology, type Sent } from './topology-stack.ts';
+
+export const TOPOLOGY_PARTS = ['idle', 'cold', 'warm', 'ahead', 'notes'] as const;
+export type TopologyPart = (typeof TOPOLOGY_PARTS)[number];
 
 export type RowFn = (figure: string, value: string, target?: string) => void;
 
@@ -34,8 +40,8 @@ export interface TopologyOptions {
   lookaheadWaitMs?: number;
   /** Round trip added to each database call of the functions (PostgREST over the network). Default 0. */
   dbRoundTripMs?: number;
-  /** Which parts to run (default all): single events at idle, and the three bursts. */
-  parts?: Set<'idle' | 'cold' | 'warm' | 'ahead'>;
+  /** Which parts to run (default all): single events at idle, the three bursts, and the burst without and with notes. */
+  parts?: Set<TopologyPart>;
 }
 
 /** The sync's configured limit (AMOCRM_MAX_RPS), which the floor is computed at. */
@@ -110,7 +116,7 @@ function functionTime(runs: FunctionRun[], from: number, to = Infinity) {
 }
 
 /** How pg_net's deliveries were answered (status and outcome), ids above `afterId`. */
-async function webhookAnswers(s: Stack, afterId: number) {
+export async function webhookAnswers(s: Stack, afterId: number) {
   const rows = await s.database.sql('select status_code, content, timed_out from net._http_response where id > $1', [afterId]);
   const tally = new Map<string, number>();
   for (const r of rows) {
@@ -152,7 +158,7 @@ function tooManyEvidence(s: Stack, sent: Sent[]): string {
 }
 
 /** Called on a settled stack: every request queued so far has its answer recorded. */
-const lastResponseId = async (s: Stack) =>
+export const lastResponseId = async (s: Stack) =>
   Number((await s.database.sql('select coalesce(max(id), 0)::bigint as id from net._http_response'))[0]!.id);
 
 export async function benchTopology(o: TopologyOptions): Promise<void> {
@@ -185,13 +191,20 @@ export async function benchTopology(o: TopologyOptions): Promise<void> {
     say(`topology: functions at ${t.url}, pg_net ≤ 200 in flight, scheduled run at every even UTC minute (next in ${secs(t.nextTickAt() - performance.now(), 0)})`);
     // Cold and idle students sign up with look-ahead off (their jobs would otherwise find the deals first).
     await setLookahead(s, false);
-    const part = (name: 'idle' | 'cold' | 'warm' | 'ahead') => !o.parts || o.parts.has(name);
+    const part = (name: TopologyPart) => !o.parts || o.parts.has(name);
     if (part('idle')) await idle(await students(Math.ceil(idleEvents / 2)), await known(Math.floor(idleEvents / 2)));
     if (part('cold')) await burst('cold', await students(n), 67, lesson1, { lone: (await known(1))[0]! });
     if (part('warm')) await burst('warm', await known(n), 68, lesson2);
     if (part('ahead')) {
       await setLookahead(s, true);
       await burst('found ahead', await signUpAhead(), 67, lesson1);
+    }
+    if (part('notes')) {
+      await setLookahead(s, false);
+      await benchNotes({
+        s, t, n, rate: RATE, row, say, until: watch.until, known,
+        clearLog: () => void log.take(), reportLog: () => report(log.take()),
+      });
     }
   } finally {
     watch.stop();
