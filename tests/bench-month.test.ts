@@ -47,6 +47,9 @@ describe.skipIf(Boolean(process.env.DATABASE_URL))('the compressed month, two da
     expect(rows.get("deals moved backwards by the sync (amoCRM's record of every stage change, per deal)")).toMatch(/^0 of /);
     expect(rows.get('won or lost deals the sync moved')).toBe('0');
     expect(rows.get('429s / 403s from amoCRM')).toMatch(/^[0-2] \/ 0 /); // never blocked; a 429 from bunching on a loaded machine is paused, not lost
+    // The reverse direction: amoCRM's every stage change reached the platform once, and the mirror is where amoCRM is.
+    expect(rows.get("amoCRM's stage changes in the platform's deal_changes")).toMatch(/^[1-9]\d* changes: 0 missing, 0 more than once$/);
+    expect(rows.get("the mirror at amoCRM's stage at the end, for every deal amoCRM changed")).toMatch(/^(\d+) of \1$/);
     // The token chain: revoked once, re-authorised by the operator, every rotation stored, still rotating at the end.
     expect(rows.get('token chain: breaks')).toMatch(/^1 \(the revocation\); re-authorised at day 1 /);
     expect(rows.get('token chain: refreshes (access token valid 24 h, refresh token single-use)')).toMatch(/^(\d+) rotations by amoCRM, \1 stored, 0 lost$/);

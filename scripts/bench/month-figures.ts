@@ -85,6 +85,36 @@ export async function feedRows(obs: Observations, ms: MonthStack, row: RowFn) {
     `${attempts.length - sent.length} went missing (the day without hooks)`);
 }
 
+/**
+ * The reverse direction over the month: every stage change amoCRM made (its own record) in
+ * the platform's deal_changes exactly once, whichever of the hooks and the feed brought it;
+ * and the mirror at amoCRM's stage for every deal amoCRM changed.
+ */
+export async function mirrorRows(ms: MonthStack, row: RowFn) {
+  const changes = ms.s.amo.leadEvents().filter((e) => e.type === 'lead_status_changed');
+  const want = new Map<string, number>();
+  for (const e of changes) {
+    const key = `${e.entity_id}:${e.value_after[0]!.lead_status.id}`;
+    want.set(key, (want.get(key) ?? 0) + 1);
+  }
+  const got = new Map<string, number>();
+  for (const r of await ms.s.database.sql(`select lead_id::bigint as lead, status_id::bigint as status, count(*)::int as n
+      from amocrm.deal_changes where kind <> 'deleted' group by 1, 2`)) got.set(`${r.lead}:${r.status}`, r.n);
+  let missing = 0;
+  let extra = 0;
+  for (const key of new Set([...want.keys(), ...got.keys()])) {
+    const d = (got.get(key) ?? 0) - (want.get(key) ?? 0);
+    if (d < 0) missing -= d;
+    else extra += d;
+  }
+  row("amoCRM's stage changes in the platform's deal_changes", `${changes.length} changes: ${missing} missing, ${extra} more than once`, '0 missing, 0 more than once');
+  const leads = [...new Set(changes.map((e) => e.entity_id))];
+  const mirror = await ms.s.database.sql('select lead_id::bigint as lead, status_id::bigint as status from amocrm.deals where lead_id = any($1::bigint[])', [leads]);
+  const at = new Map(mirror.map((m) => [Number(m.lead), Number(m.status)]));
+  const off = leads.filter((id) => at.get(id) !== ms.s.amo.lead(id)!.statusId);
+  row('the mirror at amoCRM\'s stage at the end, for every deal amoCRM changed', `${leads.length - off.length} of ${leads.length}${off.length ? `; NOT: ${off.slice(0, 5).join(', ')}` : ''}`, 'all');
+}
+
 export async function tokenRows(obs: Observations, log: MonthLog, ms: MonthStack, row: RowFn) {
   const rotations = ms.s.amo.counts().refreshes;
   const stored = log.count('Токены успешно обновлены');

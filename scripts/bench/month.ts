@@ -10,7 +10,7 @@
 // events lost; deals moved backwards; 429s (month-figures.ts).
 import { loadavg } from 'node:os';
 import { installMonthClock } from './month-clock.ts';
-import { alertRows, dealRows, eventRows, feedRows, storageRows, tokenRows, when, type RowFn } from './month-figures.ts';
+import { alertRows, dealRows, eventRows, feedRows, mirrorRows, storageRows, tokenRows, when, type RowFn } from './month-figures.ts';
 import { monthLog } from './month-log.ts';
 import { planMonth, type MonthScale } from './month-plan.ts';
 import { runMonth, type Observations } from './month-run.ts';
@@ -60,6 +60,7 @@ export async function benchMonth(o: MonthOptions): Promise<void> {
     const timeline = alertRows(plan, obs, log, ms, open, o.row);
     say(`alerts: ${timeline || 'none'}`);
     await feedRows(obs, ms, o.row);
+    await mirrorRows(ms, o.row);
     await tokenRows(obs, log, ms, o.row);
     await eventRows(obs, ms, o.row);
     dealRows(ms, o.row);
