@@ -40,14 +40,15 @@ begin
   for r in
     with pipes as (
       -- Each funnel's pipeline; while no version is saved, one pipeline (0) for every event.
-      select f->>'key' as funnel_key, (f->>'pipelineId')::bigint as pipeline_id
-        from jsonb_array_elements(coalesce(v_funnels, '[]'::jsonb)) f),
+      select distinct on (f->>'key') f->>'key' as funnel_key, (f->>'pipelineId')::bigint as pipeline_id
+        from jsonb_array_elements(coalesce(v_funnels, '[]'::jsonb)) with ordinality as x(f, n)
+       order by f->>'key', n),
     known as (
       select s.id, s.user_id, s.status, s.next_attempt_at
         from amocrm.sync_events s
+        left join pipes p on p.funnel_key = s.funnel_key
         join amocrm.student_leads l on l.user_id = s.user_id
-         and l.pipeline_id = case when v_funnels is null then 0 else
-               (select p.pipeline_id from pipes p where p.funnel_key = s.funnel_key limit 1) end
+         and l.pipeline_id = case when v_funnels is null then 0 else p.pipeline_id end
        where v_known_first > 0
          and ((s.status = 'pending' and s.next_attempt_at <= now())
            or (s.status = 'failed' and s.retryable and s.next_attempt_at <= now())
@@ -70,9 +71,8 @@ begin
       select o.id, o.user_id, o.status, o.next_attempt_at, false,
              not exists (select 1 from amocrm.student_leads l
                           where l.user_id = o.user_id
-                            and l.pipeline_id = case when v_funnels is null then 0 else
-                                  (select p.pipeline_id from pipes p where p.funnel_key = o.funnel_key limit 1) end)
-        from oldest o)
+                            and l.pipeline_id = case when v_funnels is null then 0 else p.pipeline_id end)
+        from oldest o left join pipes p on p.funnel_key = o.funnel_key)
     select * from candidates c order by c.first desc, c.next_attempt_at, c.id
   loop
     exit when cardinality(v_claimed) >= p_limit;
@@ -95,5 +95,7 @@ begin
     v_users := v_users || r.user_id;
     v_claimed := v_claimed || e;
   end loop;
-  return coalesce((select jsonb_agg(amocrm.event_json(v_claimed[i]) order by i) from generate_subscripts(v_claimed, 1) as i), '[]'::jsonb);
+  -- The batch oldest first, whichever were claimed first.
+  return coalesce((select jsonb_agg(amocrm.event_json(v_claimed[i]) order by (v_claimed[i]).next_attempt_at, (v_claimed[i]).id)
+                     from generate_subscripts(v_claimed, 1) as i), '[]'::jsonb);
 end $$;
