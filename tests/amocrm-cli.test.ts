@@ -86,7 +86,7 @@ describe('npm run amocrm', () => {
     expect(result.exitCode).toBe(0);
     expect(result.lines.some((l) => l.includes('←'))).toBe(false);
     expect(result.lines).toContain(`  ${String(LOCAL.stages.lesson1).padEnd(10)} Урок 1 пройден`);
-    expect(result.lines.at(-1)).toMatch(/^Set AMOCRM_PIPELINE_ID/);
+    expect(result.lines.at(-1)).toMatch(/^Save the funnels with these ids \(npm run amocrm -- funnels set <file.json>\), or, while none is saved, set AMOCRM_PIPELINE_ID/);
     // ...but not without the OAuth settings: a refresh with made-up credentials would break the chain.
     const noOauth = await pipelinesCommand({ db: app.db, env: { ...env, AMOCRM_CLIENT_SECRET: '' } });
     expect(noOauth.exitCode).toBe(1);

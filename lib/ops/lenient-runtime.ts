@@ -32,7 +32,7 @@ export function commandRuntime(ctx: CommandContext): CommandRuntime {
   if (essential.length) throw new ConfigError(essential);
   const filled = new Set(reading.problems.map((p) => p.variable));
   // Three different stages are required: if the ones kept still clash, none is kept.
-  const kept = STAGE_VARS.filter((v) => !filled.has(v)).map((v) => reading.values[v]);
+  const kept = STAGE_VARS.filter((v) => !filled.has(v)).map((v) => reading.values[v]).filter((id) => id !== undefined);
   if (new Set(kept).size !== kept.length) for (const v of STAGE_VARS) filled.add(v);
   const patched: EnvSource = { ...ctx.env };
   for (const v of filled) patched[v] = INERT[v];
