@@ -34,8 +34,9 @@ create table amocrm.console_rollup (
   stage_number smallint default 0 not null,
   key text not null,
   n bigint not null,
+  funnel_key text default ''::text not null,
   constraint console_rollup_hour_fkey FOREIGN KEY (hour) REFERENCES amocrm.console_rollup_hours(hour) ON DELETE CASCADE,
-  constraint console_rollup_pkey PRIMARY KEY (hour, kind, stage_number, key)
+  constraint console_rollup_pkey PRIMARY KEY (hour, kind, funnel_key, stage_number, key)
 );
 alter table amocrm.console_rollup enable row level security;
 grant delete, insert, select, update on table amocrm.console_rollup to service_role;
@@ -274,7 +275,7 @@ create table amocrm.sync_events (
   constraint sync_events_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'processing'::text, 'done'::text, 'skipped'::text, 'failed'::text, 'parked'::text, 'dead'::text])))
 );
 CREATE INDEX sync_events_code_id_idx ON amocrm.sync_events USING btree (last_error_code, id DESC) WHERE (last_error_code IS NOT NULL);
-CREATE INDEX sync_events_created_idx ON amocrm.sync_events USING btree (created_at) INCLUDE (stage_number, lesson_id, status, last_error_code);
+CREATE INDEX sync_events_created_funnel_idx ON amocrm.sync_events USING btree (created_at) INCLUDE (funnel_key, stage_number, lesson_id, status, last_error_code);
 CREATE INDEX sync_events_done_idx ON amocrm.sync_events USING btree (done_at) INCLUDE (created_at) WHERE (done_at IS NOT NULL);
 CREATE INDEX sync_events_due_idx ON amocrm.sync_events USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text, 'processing'::text]));
 CREATE INDEX sync_events_email_idx ON amocrm.sync_events USING btree (email text_pattern_ops, id DESC);
@@ -464,22 +465,22 @@ AS $function$
 $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.console_counts(p_from timestamp with time zone, p_to timestamp with time zone)
- RETURNS TABLE(kind text, stage_number smallint, key text, n bigint)
+ RETURNS TABLE(kind text, funnel_key text, stage_number smallint, key text, n bigint)
  LANGUAGE sql
  STABLE
  SET search_path TO ''
 AS $function$
-  select 'funnel', e.stage_number, e.status || '|' || coalesce(e.last_error_code, ''), count(*)
-    from amocrm.sync_events e where e.created_at >= p_from and e.created_at < p_to group by 2, 3
+  select 'funnel', e.funnel_key, e.stage_number, e.status || '|' || coalesce(e.last_error_code, ''), count(*)
+    from amocrm.sync_events e where e.created_at >= p_from and e.created_at < p_to group by 2, 3, 4
   union all
-  select 'attempt', 0::smallint, a.outcome, count(*)
-    from amocrm.event_attempts a where a.at >= p_from and a.at < p_to group by 3
+  select 'attempt', '', 0::smallint, a.outcome, count(*)
+    from amocrm.event_attempts a where a.at >= p_from and a.at < p_to group by 4
   union all
-  select 'attempt', 0::smallint, 'rate_limited', count(*)
+  select 'attempt', '', 0::smallint, 'rate_limited', count(*)
     from amocrm.event_attempts a where a.at >= p_from and a.at < p_to and a.code = 'rate_limited'
   union all
-  select 'latency', 0::smallint, amocrm.latency_bucket(extract(epoch from e.done_at - e.created_at) * 1000)::text, count(*)
-    from amocrm.sync_events e where e.done_at >= p_from and e.done_at < p_to group by 3
+  select 'latency', '', 0::smallint, amocrm.latency_bucket(extract(epoch from e.done_at - e.created_at) * 1000)::text, count(*)
+    from amocrm.sync_events e where e.done_at >= p_from and e.done_at < p_to group by 4
 $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.console_deal(p_lead_id bigint)
@@ -491,6 +492,29 @@ AS $function$
   select jsonb_build_object('lead_id', d.lead_id, 'pipeline_id', d.pipeline_id, 'status_id', d.status_id,
                             'closed', d.closed, 'deleted', d.deleted, 'modified_at', d.modified_at)
     from amocrm.deals d where d.lead_id = p_lead_id
+$function$;
+
+CREATE OR REPLACE FUNCTION amocrm.console_funnel_steps()
+ RETURNS TABLE(funnel_key text, stage_number smallint, stage_id bigint, lessons jsonb)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  with configured as (
+    select f.funnel->>'key' as funnel_key, st.n::smallint as stage_number,
+           (st.step->>'stageId')::bigint as stage_id, st.step->'lessons' as lessons
+      from jsonb_array_elements(coalesce(amocrm.current_funnels(), '[]'::jsonb)) f(funnel),
+           jsonb_array_elements(f.funnel->'steps') with ordinality st(step, n)),
+  setting as (
+    select 'tripwire'::text as funnel_key, (s.value ->> k)::smallint as stage_number,
+           jsonb_agg(k::integer order by k::integer) as lessons
+      from amocrm.system_settings s, jsonb_object_keys(s.value) k
+     where s.key = 'tripwire_lessons' and amocrm.lessons_from_setting()
+       and k ~ '^[0-9]{1,9}$' and (s.value ->> k) ~ '^[0-9]{1,4}$'
+     group by 2)
+  select coalesce(c.funnel_key, s.funnel_key), coalesce(c.stage_number, s.stage_number), c.stage_id,
+         coalesce(s.lessons, c.lessons, '[]'::jsonb)
+    from configured c full join setting s on s.funnel_key = c.funnel_key and s.stage_number = c.stage_number
 $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.console_history(p_lead_id bigint)
@@ -519,7 +543,7 @@ AS $function$
 $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.console_period_counts(p_from timestamp with time zone, p_to timestamp with time zone)
- RETURNS TABLE(kind text, stage_number smallint, key text, n bigint)
+ RETURNS TABLE(kind text, funnel_key text, stage_number smallint, key text, n bigint)
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO ''
@@ -534,11 +558,11 @@ begin
   end if;
   perform amocrm.console_rollup_ensure(v_first, v_last);
   return query
-    select x.kind, x.stage_number, x.key, sum(x.n)::bigint from (
-      select r.kind, r.stage_number, r.key, r.n from amocrm.console_rollup r where r.hour >= v_first and r.hour < v_last
+    select x.kind, x.funnel_key, x.stage_number, x.key, sum(x.n)::bigint from (
+      select r.kind, r.funnel_key, r.stage_number, r.key, r.n from amocrm.console_rollup r where r.hour >= v_first and r.hour < v_last
       union all select * from amocrm.console_counts(p_from, v_first)
       union all select * from amocrm.console_counts(v_last, p_to)) x
-    group by 1, 2, 3;
+    group by 1, 2, 3, 4;
 end $function$;
 
 CREATE OR REPLACE FUNCTION amocrm.console_rollup_ensure(p_from timestamp with time zone, p_to timestamp with time zone)
@@ -563,8 +587,8 @@ begin
     insert into amocrm.console_rollup_hours (hour, dirty, computed_at) values (v_hour, false, now())
     on conflict (hour) do update set dirty = false, computed_at = now();
     delete from amocrm.console_rollup r where r.hour = v_hour and not (v_keep and r.kind = 'attempt');
-    insert into amocrm.console_rollup (hour, kind, stage_number, key, n)
-    select v_hour, c.kind, c.stage_number, c.key, c.n
+    insert into amocrm.console_rollup (hour, kind, funnel_key, stage_number, key, n)
+    select v_hour, c.kind, c.funnel_key, c.stage_number, c.key, c.n
       from amocrm.console_counts(v_hour, v_hour + interval '1 hour') c
      where c.n > 0 and not (v_keep and c.kind = 'attempt');
   end loop;
@@ -1505,30 +1529,59 @@ AS $function$
 declare
   r record;
   e amocrm.sync_events;
+  v_limit integer := greatest(p_limit, 1);
   v_users uuid[] := '{}'::uuid[];
   v_retries integer := 0;
   v_max_retries integer := greatest(1, ceil(greatest(p_limit, 1) / 2.0)::integer);
   v_unknown integer := 0;
   v_max_unknown integer := least(greatest(coalesce(p_max_unknown, p_limit), 1), greatest(p_limit, 1));
+  v_known_first integer;
+  v_first integer := 0;
   v_claimed amocrm.sync_events[] := array[]::amocrm.sync_events[];
   v_funnels jsonb := amocrm.current_funnels();
 begin
+  -- Places the cold events always keep in a batch: the searches allowed, at most half.
+  v_known_first := v_limit - least(v_max_unknown, ceil(v_limit / 2.0)::integer);
   for r in
-    select s.id, s.user_id, s.status,
-           not exists (select 1 from amocrm.student_leads l
-                        where l.user_id = s.user_id
-                          and l.pipeline_id = case when v_funnels is null then 0 else
-                                (select (f->>'pipelineId')::bigint from jsonb_array_elements(v_funnels) f
-                                  where f->>'key' = s.funnel_key limit 1) end) as unknown
-      from amocrm.sync_events s
-     where (s.status = 'pending' and s.next_attempt_at <= now())
-        or (s.status = 'failed' and s.retryable and s.next_attempt_at <= now())
-        or (s.status = 'processing' and s.lease_until < now())
-     order by s.next_attempt_at, s.id
-     limit greatest(p_limit, 1) * 4
-     for update of s skip locked
+    with pipes as (
+      -- Each funnel's pipeline; while no version is saved, one pipeline (0) for every event.
+      select distinct on (f->>'key') f->>'key' as funnel_key, (f->>'pipelineId')::bigint as pipeline_id
+        from jsonb_array_elements(coalesce(v_funnels, '[]'::jsonb)) with ordinality as x(f, n)
+       order by f->>'key', n),
+    known as (
+      select s.id, s.user_id, s.status, s.next_attempt_at
+        from amocrm.sync_events s
+        left join pipes p on p.funnel_key = s.funnel_key
+        join amocrm.student_leads l on l.user_id = s.user_id
+         and l.pipeline_id = case when v_funnels is null then 0 else p.pipeline_id end
+       where v_known_first > 0
+         and ((s.status = 'pending' and s.next_attempt_at <= now())
+           or (s.status = 'failed' and s.retryable and s.next_attempt_at <= now())
+           or (s.status = 'processing' and s.lease_until < now()))
+       order by s.next_attempt_at, s.id
+       limit v_known_first * 4
+       for update of s skip locked),
+    oldest as (
+      select s.id, s.user_id, s.status, s.next_attempt_at, s.funnel_key
+        from amocrm.sync_events s
+       where (s.status = 'pending' and s.next_attempt_at <= now())
+          or (s.status = 'failed' and s.retryable and s.next_attempt_at <= now())
+          or (s.status = 'processing' and s.lease_until < now())
+       order by s.next_attempt_at, s.id
+       limit v_limit * 4
+       for update of s skip locked),
+    candidates as (
+      select k.id, k.user_id, k.status, k.next_attempt_at, true as first, false as unknown from known k
+      union all
+      select o.id, o.user_id, o.status, o.next_attempt_at, false,
+             not exists (select 1 from amocrm.student_leads l
+                          where l.user_id = o.user_id
+                            and l.pipeline_id = case when v_funnels is null then 0 else p.pipeline_id end)
+        from oldest o left join pipes p on p.funnel_key = o.funnel_key)
+    select * from candidates c order by c.first desc, c.next_attempt_at, c.id
   loop
     exit when cardinality(v_claimed) >= p_limit;
+    continue when r.first and v_first >= v_known_first;
     continue when r.user_id = any(v_users);
     continue when r.status = 'failed' and v_retries >= v_max_retries;
     continue when r.unknown and v_unknown >= v_max_unknown;
@@ -1543,10 +1596,13 @@ begin
     returning * into e;
     if r.status = 'failed' then v_retries := v_retries + 1; end if;
     if r.unknown then v_unknown := v_unknown + 1; end if;
+    if r.first then v_first := v_first + 1; end if;
     v_users := v_users || r.user_id;
     v_claimed := v_claimed || e;
   end loop;
-  return coalesce((select jsonb_agg(amocrm.event_json(v_claimed[i]) order by i) from generate_subscripts(v_claimed, 1) as i), '[]'::jsonb);
+  -- The batch oldest first, whichever were claimed first.
+  return coalesce((select jsonb_agg(amocrm.event_json(v_claimed[i]) order by (v_claimed[i]).next_attempt_at, (v_claimed[i]).id)
+                     from generate_subscripts(v_claimed, 1) as i), '[]'::jsonb);
 end $function$;
 grant execute on function public.amocrm_claim_due(p_holder text, p_limit integer, p_lease_seconds integer, p_max_unknown integer) to service_role;
 
@@ -1681,28 +1737,61 @@ CREATE OR REPLACE FUNCTION public.amocrm_console_funnel(p_from timestamp with ti
  SET search_path TO ''
 AS $function$
   with c as (
-    select c.stage_number, split_part(c.key, '|', 1) as status, nullif(split_part(c.key, '|', 2), '') as code, c.n
+    select c.funnel_key, c.stage_number, split_part(c.key, '|', 1) as status, nullif(split_part(c.key, '|', 2), '') as code, c.n
       from amocrm.console_period_counts(p_from, p_to) c where c.kind = 'funnel'),
-  lessons as (
-    select c.stage_number, sum(c.n) as completed,
-           sum(c.n) filter (where c.status = 'done') as moved,
-           sum(c.n) filter (where c.status = 'skipped') as skipped,
-           sum(c.n) filter (where c.status in ('failed', 'dead', 'parked')) as failed,
-           sum(c.n) filter (where c.status in ('pending', 'processing')) as waiting
-      from c group by 1),
-  lesson_ids as (
-    select (s.value ->> k)::smallint as stage_number, min(k::integer) as lesson_id
-      from amocrm.system_settings s, jsonb_object_keys(s.value) k where s.key = 'tripwire_lessons' group by 1)
+  counted as (
+    select c.funnel_key, c.stage_number, sum(c.n) as completed,
+           coalesce(sum(c.n) filter (where c.status = 'done'), 0) as moved,
+           coalesce(sum(c.n) filter (where c.status = 'skipped'), 0) as skipped,
+           coalesce(sum(c.n) filter (where c.status in ('failed', 'dead', 'parked')), 0) as failed,
+           coalesce(sum(c.n) filter (where c.status in ('pending', 'processing')), 0) as waiting
+      from c group by 1, 2),
+  configured as (select * from amocrm.console_funnel_steps()),
+  funnels as (
+    select f.funnel->>'key' as funnel_key, f.funnel->>'name' as name, (f.funnel->>'pipelineId')::bigint as pipeline_id,
+           true as configured, f.n as ord
+      from jsonb_array_elements(coalesce(amocrm.current_funnels(),
+             '[{"key": "tripwire", "name": "Tripwire"}]'::jsonb)) with ordinality f(funnel, n)
+    union all
+    select k.funnel_key, k.funnel_key, amocrm.funnel_pipeline(k.funnel_key), false, 1000 + row_number() over (order by k.funnel_key)
+      from (select distinct funnel_key from counted) k
+     where not exists (select 1 from jsonb_array_elements(coalesce(amocrm.current_funnels(),
+                         '[{"key": "tripwire"}]'::jsonb)) f where f->>'key' = k.funnel_key)),
+  steps as (
+    select coalesce(s.funnel_key, l.funnel_key) as funnel_key, coalesce(s.stage_number, l.stage_number) as stage_number,
+           s.stage_id, coalesce(s.lessons, '[]'::jsonb) as lessons, s.funnel_key is not null as configured,
+           coalesce(l.completed, 0) as completed, coalesce(l.moved, 0) as moved, coalesce(l.skipped, 0) as skipped,
+           coalesce(l.failed, 0) as failed, coalesce(l.waiting, 0) as waiting, l.funnel_key is not null as counted
+      from configured s full join counted l on l.funnel_key = s.funnel_key and l.stage_number = s.stage_number),
+  -- A change recorded without a pipeline counts in the first funnel's (as a deal remembered
+  -- without one belongs to it).
+  closed as (
+    select d.kind, coalesce(d.pipeline_id, amocrm.default_pipeline()) as pipeline_id, count(*) as n from amocrm.deal_changes d
+     where d.kind in ('won', 'lost') and d.changed_at >= p_from and d.changed_at < p_to group by 1, 2),
+  stuck as (
+    select c.funnel_key, c.stage_number, c.status, c.code, sum(c.n) as n from c where c.status <> 'done' group by 1, 2, 3, 4)
   select jsonb_build_object(
     'from', p_from, 'to', p_to,
-    'lessons', coalesce((select jsonb_agg(jsonb_build_object('stage_number', l.stage_number, 'lesson_id', i.lesson_id,
-                 'completed', l.completed, 'moved', coalesce(l.moved, 0), 'skipped', coalesce(l.skipped, 0),
-                 'failed', coalesce(l.failed, 0), 'waiting', coalesce(l.waiting, 0)) order by l.stage_number)
-                 from lessons l left join lesson_ids i on i.stage_number = l.stage_number), '[]'::jsonb),
-    'won', (select count(*) from amocrm.deal_changes d where d.kind = 'won' and d.changed_at >= p_from and d.changed_at < p_to),
-    'lost', (select count(*) from amocrm.deal_changes d where d.kind = 'lost' and d.changed_at >= p_from and d.changed_at < p_to),
-    'stuck', coalesce((select jsonb_agg(jsonb_build_object('stage_number', s.stage_number, 'status', s.status, 'code', s.code, 'count', s.n)
-                 order by s.n desc) from (select c.stage_number, c.status, c.code, sum(c.n) as n from c where c.status <> 'done' group by 1, 2, 3) s), '[]'::jsonb))
+    'funnels', coalesce((select jsonb_agg(jsonb_build_object(
+        'key', f.funnel_key, 'name', f.name, 'pipeline_id', f.pipeline_id, 'configured', f.configured,
+        'steps', coalesce((select jsonb_agg(jsonb_build_object('stage_number', s.stage_number, 'stage_id', s.stage_id,
+                   'lessons', s.lessons, 'configured', s.configured, 'completed', s.completed, 'moved', s.moved,
+                   'skipped', s.skipped, 'failed', s.failed, 'waiting', s.waiting) order by s.stage_number)
+                   from steps s where s.funnel_key = f.funnel_key), '[]'::jsonb),
+        -- Before any version is saved the one funnel's pipeline is not known here: all of them.
+        'won', coalesce((select sum(x.n) from closed x where x.kind = 'won' and (f.pipeline_id is null or x.pipeline_id = f.pipeline_id)), 0),
+        'lost', coalesce((select sum(x.n) from closed x where x.kind = 'lost' and (f.pipeline_id is null or x.pipeline_id = f.pipeline_id)), 0),
+        'stuck', coalesce((select jsonb_agg(jsonb_build_object('stage_number', x.stage_number, 'status', x.status, 'code', x.code, 'count', x.n)
+                   order by x.n desc, x.stage_number) from stuck x where x.funnel_key = f.funnel_key), '[]'::jsonb))
+        order by f.ord) from funnels f), '[]'::jsonb),
+    'lessons', coalesce((select jsonb_agg(jsonb_build_object('funnel_key', s.funnel_key, 'stage_number', s.stage_number,
+                 'lesson_id', (s.lessons->>0)::integer, 'completed', s.completed, 'moved', s.moved, 'skipped', s.skipped,
+                 'failed', s.failed, 'waiting', s.waiting) order by s.funnel_key, s.stage_number)
+                 from steps s where s.counted), '[]'::jsonb),
+    'won', coalesce((select sum(x.n) from closed x where x.kind = 'won'), 0),
+    'lost', coalesce((select sum(x.n) from closed x where x.kind = 'lost'), 0),
+    'stuck', coalesce((select jsonb_agg(jsonb_build_object('funnel_key', x.funnel_key, 'stage_number', x.stage_number,
+                 'status', x.status, 'code', x.code, 'count', x.n) order by x.n desc, x.funnel_key, x.stage_number) from stuck x), '[]'::jsonb))
 $function$;
 grant execute on function public.amocrm_console_funnel(p_from timestamp with time zone, p_to timestamp with time zone) to service_role;
 
@@ -2632,23 +2721,33 @@ begin
 end $function$;
 grant execute on function public.amocrm_record_event(p_user_id uuid, p_lesson_id integer, p_progress_id text, p_source text) to service_role;
 
-CREATE OR REPLACE FUNCTION public.amocrm_release_drain(p_holder text)
+CREATE OR REPLACE FUNCTION public.amocrm_release_drain(p_holder text, p_drained integer DEFAULT 0)
  RETURNS jsonb
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO ''
 AS $function$
 declare
-  v_released boolean;
+  d amocrm.drainer;
+  v_counted bigint;
+  v_released boolean := false;
 begin
-  update amocrm.drainer t set holder = null, lease_until = null
-   where t.key = 'drain' and t.holder = p_holder;
-  v_released := found;
+  select * into d from amocrm.drainer t where t.key = 'drain' for update;
+  if d.holder = p_holder then
+    v_counted := case when d.drained_holder = p_holder then d.drained_counted else 0 end;
+    update amocrm.drainer t
+       set holder = null, lease_until = null,
+           drained_total = t.drained_total + greatest(greatest(p_drained, 0) - v_counted, 0),
+           drained_holder = p_holder,
+           drained_counted = greatest(greatest(p_drained, 0), v_counted)
+     where t.key = 'drain';
+    v_released := true;
+  end if;
   return jsonb_build_object('released', v_released,
                             'due', amocrm.due_lesson_events() or amocrm.due_lookahead_jobs()
                                    or not pg_try_advisory_xact_lock(amocrm.quiet_lock_key()));
 end $function$;
-grant execute on function public.amocrm_release_drain(p_holder text) to service_role;
+grant execute on function public.amocrm_release_drain(p_holder text, p_drained integer) to service_role;
 
 CREATE OR REPLACE FUNCTION public.amocrm_remember_lead(p_user_id uuid, p_lead_id bigint, p_contact_id bigint DEFAULT NULL::bigint, p_email text DEFAULT NULL::text)
  RETURNS jsonb
