@@ -2,6 +2,7 @@
 // log line to print once it is written, in the runbook's words. A batch's writes go to
 // the database in one call (recordOutcomes), and only then is anything logged, so a
 // '✅ … перемещена' line always stands for a recorded event.
+import { appendFileSync as dbgAppend } from 'node:fs'; // DBG
 import { AmoError } from '../amocrm/errors.ts';
 import type { Lead } from '../amocrm/resources.ts';
 import { finishEvents, type ClaimedEvent, type FinishItem, type FinishResult } from '../db/outbox.ts';
@@ -82,6 +83,22 @@ export function decisionOutcome(deps: SyncDeps, event: ClaimedEvent, found: Foun
 }
 
 /**
+ * Failures of amoCRM itself, not of the event: it is unreachable or silent, its gateway
+ * says it is unavailable (502, 503, 504), or it asks everyone to slow down (429). Such an
+ * event waits for amoCRM however long it takes (events_waiting tells people meanwhile) and
+ * is never given up on for it; the attempt budget (maxAttempts, then dead) is for failures
+ * about the event, a 500 among them (amoCRM is up and failed this request).
+ */
+const OUTAGE_CODES = new Set(['network', 'timeout', 'rate_limited']);
+const OUTAGE_STATUSES = new Set([502, 503, 504]);
+export const isAmoOutage = (error: AmoError): boolean =>
+  OUTAGE_CODES.has(error.code) || (error.code === 'server_error' && OUTAGE_STATUSES.has(error.details.status ?? 0));
+/** PostgreSQL's largest integer: the attempt count an outage's retries never reach. */
+const OUTAGE_MAX_ATTEMPTS = 2_147_483_647;
+/** While amoCRM is down its events are tried at least this often, so they go soon after it answers. */
+const OUTAGE_BACKOFF_CAP_MS = 10 * 60_000;
+
+/**
  * A failure with its classification: failed, parked, deferred, retried or dead. `holdMs`:
  * the failed call was a move that amoCRM may still apply; the student is held that long.
  */
@@ -112,9 +129,11 @@ export function failureOutcome(deps: SyncDeps, event: ClaimedEvent, err: unknown
     };
   }
   if (error.code === 'no_rate_slot') return deferredOutcome(deps, event, error, found);
-  const retryInMs = backoffMs(event.attempts, deps.random ?? Math.random, error.details.retryAfterMs);
+  const outage = isAmoOutage(error);
+  const retryInMs = backoffMs(event.attempts, deps.random ?? Math.random, error.details.retryAfterMs,
+    undefined, outage ? OUTAGE_BACKOFF_CAP_MS : undefined);
   return {
-    write: { ...fields, outcome: 'retry', retryInMs, maxAttempts: settings.maxAttempts },
+    write: { ...fields, outcome: 'retry', retryInMs, maxAttempts: outage ? OUTAGE_MAX_ATTEMPTS : settings.maxAttempts },
     settle(r) {
       if (r.became_dead) {
         log.fail(`Событие окончательно не обработано после ${event.attempts} попыток: ${error.message}`, {
@@ -143,6 +162,7 @@ export function deferredOutcome(deps: SyncDeps, event: ClaimedEvent, cause: AmoE
   const why = cause.code === 'no_rate_slot' ? 'очередь к amoCRM занята'
     : cause.code === 'deal_shared' ? 'эту сделку двигает другое событие пакета'
     : 'пакет остановлен после ошибки amoCRM';
+  dbgAppend('/tmp/dbg-notes.log', `${Date.now()} DEFER ev=${event.id} code=${cause.code} retry=${retryInMs}\n`); // DBG
   return {
     write: { eventId: event.id, outcome: 'deferred', leadId: found?.lead.id, contactId: found?.contactId, retryInMs },
     settle() {
