@@ -94,9 +94,11 @@ export function activeConditions(f: AlertFacts, options: { hooks: boolean }): Ac
   const account = out.filter((c) => c.key === 'account_refused');
   if (account.length > 1) out.splice(out.indexOf(account[1]!), 1);
   if (f.dead.count > 0) add('events_dead', f.dead.since, f.dead.students, { count: f.dead.count });
-  if (f.waiting.count > 0 && f.waiting.oldest) {
-    add('events_waiting', f.waiting.oldest, f.waiting.students,
-      { minutes: setting(f, 'waiting_minutes', 30), oldest_minutes: Math.round((now - Date.parse(f.waiting.oldest)) / 60_000) });
+  // Once told, it lasts while any event waits: the outage's younger events are the same wait.
+  const waiting = f.waiting.count > 0 ? f.waiting : f.open?.events_waiting ? f.waiting_any : undefined;
+  if (waiting && waiting.count > 0 && waiting.oldest) {
+    add('events_waiting', waiting.oldest, waiting.students,
+      { minutes: setting(f, 'waiting_minutes', 30), oldest_minutes: Math.round((now - Date.parse(waiting.oldest)) / 60_000) });
   }
   const d = f.drainer;
   if (d?.last_woken_at && !d.held) {
@@ -111,7 +113,11 @@ export function activeConditions(f: AlertFacts, options: { hooks: boolean }): Ac
     }
     const silentMs = setting(f, 'hook_silent_minutes', 180) * 60_000;
     const last = f.hook.last_delivery_at ? Date.parse(f.hook.last_delivery_at) : undefined;
-    if (f.hook.feed_changes >= setting(f, 'hook_silent_changes', 3) && (last === undefined || now - last > silentMs)) {
+    // Once told, only a hook delivery ends it (started_at is the last delivery it saw, or the
+    // start when there was none): a quiet spell in the feed is no evidence the hook is back.
+    const told = f.open?.hook_silent;
+    const stillSilent = told !== undefined && (last === undefined || last <= Date.parse(told));
+    if (stillSilent || (f.hook.feed_changes >= setting(f, 'hook_silent_changes', 3) && (last === undefined || now - last > silentMs))) {
       add('hook_silent', f.hook.last_delivery_at, 0,
         { silent: last === undefined ? 'с начала работы' : duration(now - last), changes: f.hook.feed_changes });
     }

@@ -7,6 +7,8 @@ export interface AlertFacts {
   settings: Record<string, number>;
   /** Events waiting (pending, retrying, claimed) longer than waiting_minutes. */
   waiting: { count: number; students: number; oldest: string | null };
+  /** Events waiting however young (20261208001600; absent before it). */
+  waiting_any?: { count: number; students: number; oldest: string | null };
   /** Students with any event not yet delivered (waiting or parked). */
   students_waiting: number;
   /** Parked events by error code. */
@@ -17,6 +19,8 @@ export interface AlertFacts {
   feed_lag_seconds: number | null;
   hook: { last_delivery_at: string | null; feed_changes: number };
   database_bytes: number;
+  /** The alerts open now and when each started (20261208001600; absent before it). */
+  open?: Record<string, string>;
   now: string;
 }
 
