@@ -146,7 +146,9 @@ export async function eventRows(obs: Observations, ms: MonthStack, row: RowFn) {
   row('events lost (a completion without its event, or an event not done/skipped at the end)',
     `${lost} of ${total} (done ${rows.filter((r) => r.status === 'done').reduce((a, r) => a + r.n, 0)}, skipped ${skipped || 0}${notFinal.length ? `; NOT FINAL: ${notFinal.map((r) => `${r.status}/${r.code} ${r.n}`).join(', ')}` : ''}; completions without an event ${missing!.n})`, '0');
   const replays = obs.operator.filter((o) => o.what.startsWith('replay'));
-  if (replays.length) row('events dead during the month, replayed by the operator after the alert', replays.map((o) => `${when(obs, o.at)}: ${o.what}`).join('; '));
+  // Always reported: an event that died needed a person, so "none" is a figure too.
+  row('events dead during the month, replayed by the operator after the alert',
+    replays.length ? `${replays.length} ${replays.length === 1 ? 'replay' : 'replays'}: ${replays.map((o) => `${when(obs, o.at)}: ${o.what}`).join('; ')}` : '0: no event died, no replay needed', '0');
 }
 
 export function dealRows(ms: MonthStack, row: RowFn) {
