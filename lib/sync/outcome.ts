@@ -2,7 +2,6 @@
 // log line to print once it is written, in the runbook's words. A batch's writes go to
 // the database in one call (recordOutcomes), and only then is anything logged, so a
 // '✅ … перемещена' line always stands for a recorded event.
-import { appendFileSync as dbgAppend } from 'node:fs'; // DBG
 import { AmoError } from '../amocrm/errors.ts';
 import type { Lead } from '../amocrm/resources.ts';
 import { finishEvents, type ClaimedEvent, type FinishItem, type FinishResult } from '../db/outbox.ts';
@@ -162,7 +161,6 @@ export function deferredOutcome(deps: SyncDeps, event: ClaimedEvent, cause: AmoE
   const why = cause.code === 'no_rate_slot' ? 'очередь к amoCRM занята'
     : cause.code === 'deal_shared' ? 'эту сделку двигает другое событие пакета'
     : 'пакет остановлен после ошибки amoCRM';
-  dbgAppend('/tmp/dbg-notes.log', `${Date.now()} DEFER ev=${event.id} code=${cause.code} retry=${retryInMs}\n`); // DBG
   return {
     write: { eventId: event.id, outcome: 'deferred', leadId: found?.lead.id, contactId: found?.contactId, retryInMs },
     settle() {
