@@ -254,6 +254,7 @@ describe('npm run amocrm -- funnels', () => {
 });
 
 describe('the funnels CLI as its own process (--embedded)', () => {
+  // Each test starts a process with its own embedded stack: slow on a loaded machine.
   const dir = emptyDirectory();
   afterAll(() => dir.remove());
   const cli = (args: string[]) => runScript('scripts/amocrm.ts', args, { cwd: dir.path });
@@ -265,7 +266,7 @@ describe('the funnels CLI as its own process (--embedded)', () => {
     expect(`${run.stdout}${run.stderr}`).not.toMatch(CRASH_TRACE);
     expect(lastLine(run.stdout)).toBe('✅ saved version 2 by ops: 1 funnel(s) (was version 1)');
     expect(run.code).toBe(0);
-  });
+  }, 120_000);
 
   it.each([
     [['funnels'], /^❌ funnels needs an action: list, show, set, check, history, rollback → see the usage above$/],
@@ -279,7 +280,7 @@ describe('the funnels CLI as its own process (--embedded)', () => {
     expect(`${run.stdout}${run.stderr}`).not.toMatch(CRASH_TRACE);
     expect(lastLine(run.stderr)).toMatch(last);
     expect(run.code).toBe(2);
-  });
+  }, 120_000);
 
   it('set - reads the file from standard input', async () => {
     const loader = pathToFileURL(join(root, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
@@ -291,11 +292,11 @@ describe('the funnels CLI as its own process (--embedded)', () => {
     const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
     expect(lastLine(stdout)).toBe('✅ saved version 2 by stdin: 1 funnel(s) (was version 1)');
     expect(code).toBe(0);
-  });
+  }, 120_000);
 
   it('a file that is not there: ❌ with what to give, exit 1', async () => {
     const run = await cli(['funnels', 'check', 'nowhere.json', '--embedded']);
     expect(lastLine(run.stdout)).toBe('❌ cannot read nowhere.json (ENOENT) → give the path of a .json file, or - for standard input');
     expect(run.code).toBe(1);
-  });
+  }, 120_000);
 });

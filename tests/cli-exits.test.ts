@@ -26,7 +26,7 @@ describe('npm run replay', () => {
     // A database the target opens without a connection (Supabase is called over HTTP only
     // when used), so the configuration is what stops the run.
     const run = await replay(['--status', 'failed'], { SUPABASE_URL: 'https://abc.supabase.co', SUPABASE_SERVICE_ROLE_KEY: 'service-role-key' });
-    expect(run.stdout).toMatch(/^❌ AMOCRM_PIPELINE_ID: /m);
+    expect(run.stdout).toMatch(/^❌ AMOCRM_SUBDOMAIN: /m);
     expect(run.stdout).toMatch(/^❌ AMOCRM_WEBHOOK_SECRET: /m);
     expectCleanEnd(run, 1, 'stdout', /^❌ configuration incomplete: \d+ variable\(s\) above → fix them in \.env \(see \.env\.example\), or try a fresh local stack with --embedded$/);
   }, 60_000);
