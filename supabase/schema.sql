@@ -1238,6 +1238,39 @@ AS $function$
   select hashtextextended(p_user_id::text, 4242)
 $function$;
 
+CREATE OR REPLACE FUNCTION amocrm.unrung_after()
+ RETURNS interval
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select make_interval(secs => greatest(coalesce(
+    (select (s.value #>> '{}')::integer from amocrm.system_settings s where s.key = 'webhook_timeout_ms'), 10000), 0) / 1000.0)
+$function$;
+
+CREATE OR REPLACE FUNCTION amocrm.unrung_default()
+ RETURNS interval
+ LANGUAGE sql
+ IMMUTABLE
+ SET search_path TO ''
+AS $function$
+  select interval '60 seconds'
+$function$;
+
+CREATE OR REPLACE FUNCTION amocrm.unrung_lesson_events(p_within_ms integer DEFAULT 0)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select exists (select 1 from amocrm.sync_events s
+                  where s.status = 'pending' and s.attempts = 0
+                    and s.next_attempt_at > now()
+                    and s.next_attempt_at <= now() + (amocrm.unrung_default() - amocrm.unrung_after())
+                                                   + make_interval(secs => greatest(p_within_ms, 0) / 1000.0)
+                    and s.next_attempt_at = s.created_at + amocrm.unrung_default())
+$function$;
+
 CREATE OR REPLACE FUNCTION public.amocrm_abort_refresh(p_holder text, p_needs_reauth boolean DEFAULT false, p_problem text DEFAULT NULL::text)
  RETURNS jsonb
  LANGUAGE plpgsql
@@ -1272,6 +1305,11 @@ AS $function$
       from amocrm.sync_events e, st
      where e.status in ('pending', 'failed', 'processing') and (e.status <> 'failed' or e.retryable)
        and e.created_at < now() - make_interval(mins => coalesce((st.v->>'waiting_minutes')::int, 30))),
+  -- Every event waiting, however young: an events_waiting alert once open lasts until none is.
+  waiting_any as (
+    select count(*) as n, count(distinct e.user_id) as students, min(e.created_at) as oldest
+      from amocrm.sync_events e
+     where e.status in ('pending', 'failed', 'processing') and (e.status <> 'failed' or e.retryable)),
   all_waiting as (
     select count(distinct e.user_id) as students from amocrm.sync_events e
      where e.status in ('pending', 'failed', 'processing', 'parked') and (e.status <> 'failed' or e.retryable)),
@@ -1297,6 +1335,7 @@ AS $function$
   select jsonb_build_object(
     'settings', st.v,
     'waiting', jsonb_build_object('count', w.n, 'students', w.students, 'oldest', w.oldest),
+    'waiting_any', jsonb_build_object('count', wa.n, 'students', wa.students, 'oldest', wa.oldest),
     'students_waiting', aw.students,
     'parked', p.by_code,
     'dead', jsonb_build_object('count', d.n, 'students', d.students, 'since', d.since),
@@ -1306,8 +1345,9 @@ AS $function$
     'feed_lag_seconds', (select f.lag_seconds from feed f),
     'hook', (select jsonb_build_object('last_delivery_at', h.last_delivery_at, 'feed_changes', h.feed_changes) from hook h),
     'database_bytes', pg_database_size(current_database()),
+    'open', (select coalesce(jsonb_object_agg(a.key, a.started_at), '{}'::jsonb) from amocrm.alerts a where a.ended_at is null),
     'now', now())
-  from st, waiting w, all_waiting aw, parked p, dead d
+  from st, waiting w, waiting_any wa, all_waiting aw, parked p, dead d
 $function$;
 grant execute on function public.amocrm_alert_facts() to service_role;
 
@@ -1539,6 +1579,10 @@ declare
   v_first integer := 0;
   v_claimed amocrm.sync_events[] := array[]::amocrm.sync_events[];
   v_funnels jsonb := amocrm.current_funnels();
+  -- Only the drain's holder takes events whose webhook has not come.
+  v_drains boolean := exists (select 1 from amocrm.drainer d
+                               where d.key = 'drain' and d.holder = p_holder and d.lease_until >= now());
+  v_unrung interval := amocrm.unrung_after();
 begin
   -- Places the cold events always keep in a batch: the searches allowed, at most half.
   v_known_first := v_limit - least(v_max_unknown, ceil(v_limit / 2.0)::integer);
@@ -1570,6 +1614,19 @@ begin
        order by s.next_attempt_at, s.id
        limit v_limit * 4
        for update of s skip locked),
+    unrung as (
+      -- Still at the trigger's default and past the webhook's timeout: its ring is lost (or
+      -- its webhook would have handed it over). Due, for the holder, from then on. The range
+      -- on next_attempt_at lets the due index find them.
+      select s.id, s.user_id, s.status, s.created_at + v_unrung as next_attempt_at, s.funnel_key
+        from amocrm.sync_events s
+       where v_drains and s.status = 'pending' and s.attempts = 0
+         and s.next_attempt_at > now()
+         and s.next_attempt_at <= now() + (amocrm.unrung_default() - v_unrung)
+         and s.next_attempt_at = s.created_at + amocrm.unrung_default()
+       order by s.next_attempt_at, s.id
+       limit v_limit * 4
+       for update of s skip locked),
     candidates as (
       select k.id, k.user_id, k.status, k.next_attempt_at, true as first, false as unknown from known k
       union all
@@ -1577,7 +1634,7 @@ begin
              not exists (select 1 from amocrm.student_leads l
                           where l.user_id = o.user_id
                             and l.pipeline_id = case when v_funnels is null then 0 else p.pipeline_id end)
-        from oldest o left join pipes p on p.funnel_key = o.funnel_key)
+        from (select * from oldest union all select * from unrung) o left join pipes p on p.funnel_key = o.funnel_key)
     select * from candidates c order by c.first desc, c.next_attempt_at, c.id
   loop
     exit when cardinality(v_claimed) >= p_limit;
@@ -2097,6 +2154,7 @@ begin
          drained_counted = greatest(greatest(p_drained, 0), v_counted)
    where t.key = 'drain';
   if amocrm.due_lesson_events(greatest(p_linger_ms, 0))
+     or amocrm.unrung_lesson_events(greatest(p_linger_ms, 0))
      or not pg_try_advisory_xact_lock(amocrm.quiet_lock_key()) then
     return jsonb_build_object('ended', false, 'held', true);
   end if;
