@@ -18,6 +18,9 @@ let tg: TelegramStandin;
 let receiver: http.Server;
 let hooked: Runtime;
 const posted: Record<string, any>[] = [];
+/** The stack's alert settings and drainer row as created: each test starts from them. */
+let alertSettings: Record<string, any> | undefined;
+let drainer: Record<string, any> | undefined;
 
 beforeAll(async () => {
   tg = await startTelegramStandin();
@@ -34,6 +37,8 @@ beforeAll(async () => {
   // The reverse direction on (for the feed and hook conditions), checked alone: the sweep of
   // this stack keeps it off so it never reads the stand-in's feed.
   hooked = buildRuntime({ ...s.rt.config, hooks: { ...s.rt.config.hooks, secret: 'a'.repeat(32) } }, s.t.db, { log: s.log });
+  [alertSettings] = await s.t.sql(`select value from amocrm.system_settings where key = 'alert_settings'`);
+  [drainer] = await s.t.sql(`select holder, lease_until, started_at, last_woken_at, ring_failed_at from amocrm.drainer where key = 'drain'`);
 });
 afterAll(async () => {
   await s?.close();
@@ -41,11 +46,22 @@ afterAll(async () => {
   receiver?.closeAllConnections();
   await new Promise((r) => receiver?.close(r));
 });
+// Every test starts with no condition on and nothing sent, whatever ran before it (or
+// failed half-way): the channels' records, the alerts, and each fact a condition reads.
 beforeEach(async () => {
   tg.messages.length = 0;
+  tg.requests.length = 0;
   posted.length = 0;
   tg.failing = false;
   await s.t.sql(`delete from amocrm.alerts`);
+  await s.t.sql(`delete from amocrm.sync_events where source = 'test'`);
+  await s.t.sql(`update amocrm.system_settings set value = value || '{"auth_state":"ok","auth_problem":null}'::jsonb where key = 'amocrm_tokens'`);
+  await s.t.sql(`update amocrm.system_settings set value = $1::jsonb where key = 'alert_settings'`, [JSON.stringify(alertSettings!.value)]);
+  await s.t.sql(`delete from amocrm.system_settings where key = 'events_feed_window'`);
+  await s.t.sql(`update amocrm.drainer set holder = $1, lease_until = $2, started_at = $3, last_woken_at = $4, ring_failed_at = $5 where key = 'drain'`,
+    [drainer!.holder, drainer!.lease_until, drainer!.started_at, drainer!.last_woken_at, drainer!.ring_failed_at]);
+  await s.t.sql(`delete from amocrm.deal_changes where lead_id > 70000000`);
+  await s.t.sql(`delete from amocrm.crm_deliveries where request_id = 'alerts-test'`);
 });
 
 const texts = () => tg.messages.map((m) => m.text);
