@@ -4,7 +4,7 @@
 // scheduled run that finds no spare rate slot at the instant it asks still reads the feed,
 // so a single lost hook is filled in by the first run. The lag shows in the health view.
 // Real database (PGlite or PostgreSQL 15), the stand-in's /api/v4/events, the real SQL.
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { consoleHealth } from '../../lib/db/console.ts';
 import { getFeedState, putFeedState } from '../../lib/db/deal-mirror.ts';
 import { healthPage } from '../../lib/http/console/pages.ts';
@@ -12,13 +12,21 @@ import { reconcileFeed } from '../../lib/mirror/feed.ts';
 import { runSweep } from '../../lib/sync/sweep.ts';
 import { createStack, PIPELINE, STAGE, type Stack } from '../helpers/stack.ts';
 
+/** A stack whose feed has never been read, with the hooks off: every change reaches us through the feed only. */
+async function feedStack(): Promise<Stack> {
+  const stack = await createStack({ env: { AMOCRM_HOOK_SECRET: 'hook-secret-0123456789abcdef0123', AMOCRM_SUBDOMAIN: 'onaiacademy' } });
+  await stack.storeTokens();
+  stack.amo.hooksOff();
+  return stack;
+}
+
+// The file's stack, for the tests that arrange where reading stands themselves; the tests
+// about a window's first reads get a stack of their own (below), whose feed holds only
+// their changes and has never been read.
+let shared: Stack;
 let s: Stack;
-beforeAll(async () => {
-  s = await createStack({ env: { AMOCRM_HOOK_SECRET: 'hook-secret-0123456789abcdef0123', AMOCRM_SUBDOMAIN: 'onaiacademy' } });
-  await s.storeTokens();
-  s.amo.hooksOff(); // every change below reaches us through the feed only
-});
-afterAll(async () => { await s?.close(); });
+beforeAll(async () => { s = shared = await feedStack(); });
+afterAll(async () => { await shared?.close(); });
 beforeEach(() => { s.amo.resetCounts(); s.log.lines.length = 0; });
 
 let nextLead = 70_000_001;
@@ -45,6 +53,13 @@ async function arrived(ids: number[]): Promise<number> {
 }
 
 describe('a window larger than one run reads', () => {
+  beforeEach(async () => { s = await feedStack(); });
+  afterEach(async () => {
+    const own = s;
+    s = shared;
+    if (own !== shared) await own?.close();
+  });
+
   it('is read over several runs, each one further, until every change has arrived; the lag shows meanwhile', async () => {
     const first = managerMoves(250);
     const seen: number[] = [];
@@ -75,9 +90,9 @@ describe('a window larger than one run reads', () => {
       if (run < 3) all.push(...managerMoves(40)); // managers keep working
     }
     expect(await arrived(all)).toBe(all.length);
-    // The mirror equals the stand-in for every deal moved in this file.
+    // The mirror equals the stand-in for every deal moved on this test's stack.
     const mirrored = await s.t.sql(`select lead_id::bigint as id, pipeline_id::bigint as p, status_id::bigint as st from amocrm.deals where lead_id >= 70000001 order by lead_id`);
-    const truth = Array.from({ length: nextLead - 70_000_001 }, (_, i) => s.amo.lead(70_000_001 + i)!).map((l) => ({ id: String(l.id), p: String(l.pipelineId), st: String(l.statusId) }));
+    const truth = [...all].sort((a, b) => a - b).map((id) => s.amo.lead(id)!).map((l) => ({ id: String(l.id), p: String(l.pipelineId), st: String(l.statusId) }));
     expect(mirrored.map((r) => ({ id: String(r.id), p: String(r.p), st: String(r.st) }))).toEqual(truth);
     // Read through: nothing older than a couple of minutes is unread.
     expect((await reconcileFeed(s.rt)).lagSeconds).toBeLessThan(180);
@@ -86,6 +101,7 @@ describe('a window larger than one run reads', () => {
 
 describe('where reading stands', () => {
   it('only moves forward: a run behind another (two at once, a late write) never takes the window back', async () => {
+    await reconcileFeed(s.rt); // a window read through: where reading stands is read_through alone
     const before = await getFeedState(s.t.db);
     expect(before).toMatchObject({ from: null, to: null, page: 1, read_through: expect.any(Number) });
     const behind = await putFeedState(s.t.db, { readThrough: null, window: { from: before!.read_through! - 600, to: before!.read_through! - 1, page: 7 } });
@@ -106,6 +122,7 @@ describe('a scheduled run with no spare slot at the instant it asks', () => {
 
 describe('the console\'s health view', () => {
   it('shows the feed\'s lag, in HTML and in its JSON twin', async () => {
+    await reconcileFeed(s.rt); // the feed read just now: there is a lag to show
     const now = Date.now();
     const from = new Date(now - 3_600_000).toISOString();
     const to = new Date(now).toISOString();
