@@ -4,7 +4,7 @@
 // (trigger → pg_net → webhook → amoCRM stand-in). Figures on the pages are compared with
 // counts made here in plain SQL, never with the console's own code.
 import type { Browser, BrowserContext, Page } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createSyncStack, LOCAL_LAYOUT, LOCAL_SECRETS, type Served, type Stack } from '../../dev/stack/index.ts';
 import { memoryLogger } from '../../lib/log.ts';
 import { launchChromium, waitFor } from './chromium.ts';
@@ -80,6 +80,9 @@ beforeAll(async () => {
   }
   people.hostile = { userId: await noContactStudent(HOSTILE_EMAIL) };
   await stack.complete(people.hostile.userId, 67);
+  // Kamila's event is the one the resume test parks and resumes: the others keep theirs.
+  people.kamila = { userId: await noContactStudent('kamila@student.kz') };
+  await stack.complete(people.kamila.userId, 67);
   await settled();
   // A hostile reason too, as an amoCRM message could carry one.
   await stack.database.sql(`update amocrm.sync_events set last_error = $2 where user_id = $1`, [people.hostile.userId, HOSTILE_REASON]);
@@ -102,6 +105,9 @@ afterAll(async () => {
 
 // Generous per-test limits: on a loaded CI machine a page and its replay can take seconds.
 describe('the console in Chromium', { timeout: 90_000 }, () => {
+  // Whatever the test before did, nothing is still on its way when the next one starts.
+  beforeEach(async () => { await served.settle(60_000); });
+
   it('the funnel shows the database figures for the period: completions, moves, won and lost, conversion, where students are stuck', async () => {
     await open(`?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}&refresh=0`);
     const counts = await stack.database.sql(`select stage_number::int as stage, count(*)::int as completed,
@@ -109,7 +115,7 @@ describe('the console in Chromium', { timeout: 90_000 }, () => {
       from amocrm.sync_events where created_at >= $1 and created_at < $2 group by 1 order by 1`, [from, to]);
     const [closed] = await stack.database.sql(`select count(*) filter (where kind = 'won')::int as won, count(*) filter (where kind = 'lost')::int as lost
       from amocrm.deal_changes where changed_at >= $1 and changed_at < $2`, [from, to]);
-    expect(counts.map((c) => c.completed)).toEqual([7, 2, 1]); // the arrangement above, so the figures below are not all zero
+    expect(counts.map((c) => c.completed)).toEqual([8, 2, 1]); // the arrangement above, so the figures below are not all zero
 
     expect(await values('table[data-table=funnel] tr[data-step=completed] td[data-value]')).toEqual(counts.map((c) => c.completed));
     expect(await values('table[data-table=funnel] tr[data-step=moved] td[data-value]')).toEqual(counts.map((c) => c.moved));
@@ -196,6 +202,7 @@ describe('the console in Chromium', { timeout: 90_000 }, () => {
     stack.amo.addContact({ id: 99_100_001, name: 'farida', emails: ['farida@student.kz'], leadIds: [leadId] });
     const event = await eventOf(people.farida!.userId, 67);
     expect(event.status).toBe('failed');
+    const logFrom = log.lines.length; // this test's own log lines
 
     await open('/events?status=failed&refresh=0');
     await page.locator(`input[name=ids][value="${event.id}"]`).check();
@@ -211,7 +218,7 @@ describe('the console in Chromium', { timeout: 90_000 }, () => {
     expect(await page.locator(`table[data-table=replay] tr[data-event="${event.id}"]`).getAttribute('data-outcome')).toBe('done');
     expect(stack.amo.lead(leadId)!.statusId).toBe(STAGES.lesson1);
     expect(await eventOf(people.farida!.userId, 67)).toMatchObject({ status: 'done', lead_id: leadId });
-    expect(log.lines.filter((l) => l.includes('Консоль:'))).toEqual([
+    expect(log.lines.slice(logFrom).filter((l) => l.includes('Консоль:'))).toEqual([
       expect.stringMatching(/^ℹ️ \[AmoCRM\] Консоль: пробный повтор selected=1 would_replay=1 .*user=ops/),
       expect.stringMatching(/^✅ \[AmoCRM\] Консоль: события повторены selected=1 replayed=1 outcomes=done:1 .*user=ops/),
     ]);
@@ -228,6 +235,7 @@ describe('the console in Chromium', { timeout: 90_000 }, () => {
     await page.locator('[data-action=replay-event]').click();
     await page.locator('[data-action=confirm-replay]').click();
     await page.locator('[data-metric=replayed]').waitFor();
+    expect(await page.locator(`table[data-table=replay] tr[data-event="${event.id}"]`).getAttribute('data-outcome')).toBe('done');
     expect(stack.amo.lead(leadId)!.statusId).toBe(STAGES.lesson1);
     await open(`/events/${event.id}?refresh=0`);
     expect(await page.locator('ol[data-list=attempts] li').count()).toBe(2);
@@ -258,7 +266,7 @@ describe('the console in Chromium', { timeout: 90_000 }, () => {
   });
 
   it('an action posted from another site is refused (same-origin check) and logged', async () => {
-    await stack.database.sql(`update amocrm.sync_events set status = 'parked', last_error_code = 'payment_required' where user_id = $1`, [people.hostile!.userId]);
+    await stack.database.sql(`update amocrm.sync_events set status = 'parked', last_error_code = 'payment_required' where user_id = $1`, [people.kamila!.userId]);
     // A page on another origin whose form posts to the console: the browser attaches the
     // operator's Basic credentials, as it would for a forged request.
     const elsewhere = await ctx.newPage();
@@ -266,7 +274,7 @@ describe('the console in Chromium', { timeout: 90_000 }, () => {
     const [res] = await Promise.all([elsewhere.waitForResponse(`${consoleUrl}/resume`), elsewhere.locator('button').click()]);
     await elsewhere.close();
     expect(res.status()).toBe(403);
-    expect((await eventOf(people.hostile!.userId, 67)).status).toBe('parked');
+    expect((await eventOf(people.kamila!.userId, 67)).status).toBe('parked');
     expect(log.lines.at(-1)).toMatch(/^⚠️ \[AmoCRM\] Консоль: действие отклонено action=resume reason=.*(Sec-Fetch-Site: cross-site|Origin: null)/);
 
     // From the console's own page it works.
@@ -274,7 +282,7 @@ describe('the console in Chromium', { timeout: 90_000 }, () => {
     await page.locator('[data-action=resume]').click();
     await page.locator('[data-metric=resumed]').waitFor();
     expect(await page.locator('[data-metric=resumed]').getAttribute('data-value')).toBe('1');
-    await waitFor('the resumed event to leave parked', async () => (await eventOf(people.hostile!.userId, 67)).status !== 'parked');
+    await waitFor('the resumed event to leave parked', async () => (await eventOf(people.kamila!.userId, 67)).status !== 'parked');
   });
 
   it('each view has a JSON twin for scripts (Bearer, ?format=json or no text/html in Accept)', async () => {
