@@ -9,14 +9,14 @@ import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { parseEnv } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createPostgresDatabase } from '../dev/postgres-setup.ts';
 import { LOCAL, startEmbedded, type Embedded } from '../dev/embedded.ts';
 import { webhooksCommand } from '../lib/ops/hook-subscriptions.ts';
 import { exitCodeOf, formatCheck, runDoctor, type CheckResult, type DoctorFacts } from '../lib/ops/doctor/index.ts';
 import { memoryLogger } from '../lib/log.ts';
 import { CRASH_TRACE, emptyDirectory, lastLine, root, runScript } from './helpers/cli.ts';
-import { createTestDatabase, usingPostgres, type TestDatabase } from './helpers/db.ts';
+import { createTestDatabase, usingPostgres, type Row, type TestDatabase } from './helpers/db.ts';
 import { createStack, STAGE, type Stack } from './helpers/stack.ts';
 
 const TOKEN_SHAPED = /standin-(?:at|rt)-[0-9a-f]+|standin-client-secret|local-demo-webhook-secret|eyJ[A-Za-z0-9_-]{8,}/;
@@ -231,8 +231,10 @@ describe('doctor on the embedded stack', () => {
 });
 
 describe('npm run doctor on a first run: no .env, or .env.example copied as is', () => {
-  const dir = emptyDirectory();
-  afterAll(() => dir.remove());
+  // Each test runs the CLI in a directory of its own, empty unless the test puts a .env there.
+  let dir: ReturnType<typeof emptyDirectory>;
+  beforeEach(() => { dir = emptyDirectory(); });
+  afterEach(() => dir.remove());
   /** The values a plain `cp .env.example .env` gives (commented lines stay comments). */
   const example = parseEnv(readFileSync(join(root, '.env.example'), 'utf8'));
 
@@ -307,11 +309,23 @@ describe(`amocrm_doctor_facts on a bare database (${usingPostgres ? 'PostgreSQL'
   const facts = () => t.db.rpc<DoctorFacts>('amocrm_doctor_facts');
   const env = { AMOCRM_WEBHOOK_SECRET: 'whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=' };
 
+  let fresh: Row[];
+
   beforeAll(async () => {
     t = await createTestDatabase();
+    fresh = await t.sql('select key, value from amocrm.system_settings');
   });
   afterAll(async () => {
     await t?.close();
+  });
+  // What the tests write (settings, tokens, events) is taken back before each one, so every
+  // test starts from the database as it was created.
+  beforeEach(async () => {
+    await t.sql('delete from amocrm.sync_events');
+    await t.sql('delete from amocrm.system_settings where not (key = any($1::text[]))', [fresh.map((r) => r.key)]);
+    for (const { key, value } of fresh) {
+      await t.sql('update amocrm.system_settings set value = $2::jsonb where key = $1', [key, JSON.stringify(value)]);
+    }
   });
 
   it('is for service_role only', async () => {
@@ -385,22 +399,34 @@ describe(`amocrm_doctor_facts on a bare database (${usingPostgres ? 'PostgreSQL'
     for (const check of ['lessons', 'RLS', 'trigger']) expect(find(fixed, check), check).toMatchObject({ status: 'ok' });
   });
 
-  it('works when the academy has no lessons/modules tables (dynamic SQL guarded), and with other column names', async () => {
-    // Another academy's shape: `name` instead of `title`, `archived_at` instead of `is_archived`.
-    await t.sql('alter table public.lessons rename column title to name');
-    await t.sql('alter table public.lessons add column archived_at timestamptz');
-    await t.sql('update public.lessons set archived_at = now() where id = 69');
-    const renamed = await facts();
-    expect(renamed.lessons.find((l) => l.id === 69)).toMatchObject({ exists: true, title: 'Урок 3. Автоматизация', archived: true });
-    expect(renamed.lessons.find((l) => l.id === 67)).toMatchObject({ exists: true, archived: false, module_title: 'Tripwire: первые шаги в AI' });
+  // It renames and drops the academy's tables: on a database of its own.
+  describe('another academy\'s tables', () => {
+    let t: TestDatabase;
+    const facts = () => t.db.rpc<DoctorFacts>('amocrm_doctor_facts');
+    beforeAll(async () => {
+      t = await createTestDatabase();
+    });
+    afterAll(async () => {
+      await t?.close();
+    });
 
-    await t.sql('drop table public.lessons cascade');
-    await t.sql('drop table public.modules cascade');
-    const f = await facts();
-    expect(f.lessons_table).toBe(false);
-    expect(f.lessons.map((l) => [l.id, l.exists])).toEqual([[67, false], [68, false], [69, false]]);
-    const lessons = find(await runDoctor({ env, db: t.db }), 'lessons')!;
-    expect(lessons).toMatchObject({ status: 'warn', detail: expect.stringMatching(/public\.lessons not found/) });
+    it('works when the academy has no lessons/modules tables (dynamic SQL guarded), and with other column names', async () => {
+      // Another academy's shape: `name` instead of `title`, `archived_at` instead of `is_archived`.
+      await t.sql('alter table public.lessons rename column title to name');
+      await t.sql('alter table public.lessons add column archived_at timestamptz');
+      await t.sql('update public.lessons set archived_at = now() where id = 69');
+      const renamed = await facts();
+      expect(renamed.lessons.find((l) => l.id === 69)).toMatchObject({ exists: true, title: 'Урок 3. Автоматизация', archived: true });
+      expect(renamed.lessons.find((l) => l.id === 67)).toMatchObject({ exists: true, archived: false, module_title: 'Tripwire: первые шаги в AI' });
+
+      await t.sql('drop table public.lessons cascade');
+      await t.sql('drop table public.modules cascade');
+      const f = await facts();
+      expect(f.lessons_table).toBe(false);
+      expect(f.lessons.map((l) => [l.id, l.exists])).toEqual([[67, false], [68, false], [69, false]]);
+      const lessons = find(await runDoctor({ env, db: t.db }), 'lessons')!;
+      expect(lessons).toMatchObject({ status: 'warn', detail: expect.stringMatching(/public\.lessons not found/) });
+    });
   });
 });
 
@@ -424,6 +450,13 @@ describe('doctor: amoCRM hook (the reverse direction)', () => {
     return { ...hook[0]!, line: formatCheck(hook[0]!) };
   }
 
+  /** Arranges the hook a test starts from: ours, subscribed as `webhooks subscribe` does. */
+  async function subscribed() {
+    const sub = await webhooksCommand({ db: s.t.db, env }, 'subscribe');
+    expect(sub.exitCode).toBe(0);
+    printed.push(...sub.lines);
+  }
+
   beforeAll(async () => {
     // One invalid answer disables a hook here (amoCRM: more than 100 in 2 hours), so a hook
     // that amoCRM disabled is arranged by a real failed delivery.
@@ -437,6 +470,14 @@ describe('doctor: amoCRM hook (the reverse direction)', () => {
       on conflict (key) do update set value = excluded.value`, [`${site}/api/amocrm/lesson-completed`]);
     env = { ...s.env };
     delete env.URL;
+  });
+  // Each test starts from an account with no hook, an administrator's token and webhook_url
+  // naming the site; a test that needs our hook subscribes it itself.
+  beforeEach(async () => {
+    for (const hook of s.amo.webhooks()) s.amo.unsubscribe(hook.destination);
+    s.amo.setAdminRights(true);
+    await s.t.sql(`insert into amocrm.system_settings (key, value) values ('webhook_url', to_jsonb($1::text))
+      on conflict (key) do update set value = excluded.value`, [`${site}/api/amocrm/lesson-completed`]);
   });
   afterAll(async () => {
     // Whatever a test left, no line the doctor printed carried a hook secret.
@@ -470,6 +511,7 @@ describe('doctor: amoCRM hook (the reverse direction)', () => {
   });
 
   it('Netlify\'s URL names another site: the hook must point at exactly that one, ❌ (the existing hook is listed, masked)', async () => {
+    await subscribed();
     const check = await hookCheck({ ...env, URL: 'https://academy.example' });
     expect(check.line).toBe(`❌ amoCRM hook: no hook points at this deployment, https://academy.example/api/amocrm/crm-events/*** (site from URL) (the account has 1: ${site}/api/amocrm/crm-events/***): amoCRM's changes do not reach the platform → npm run amocrm -- webhooks subscribe`);
   });
@@ -486,6 +528,7 @@ describe('doctor: amoCRM hook (the reverse direction)', () => {
   });
 
   it('an old secret\'s hook on the same site: ⚠️ it is answered 404 and will be disabled (neither secret printed)', async () => {
+    await subscribed();
     const old = `${site}/api/amocrm/crm-events/${OLD_SECRET}`;
     s.amo.subscribe(old, ['status_lead']);
     try {
@@ -498,6 +541,7 @@ describe('doctor: amoCRM hook (the reverse direction)', () => {
   });
 
   it('disabled by amoCRM after failed deliveries: ❌ says to find out why and re-enable it by hand; ✅ once re-enabled', async () => {
+    await subscribed();
     const student = await s.addStudent('hook.doctor@example.com');
     s.amo.managerMove(student.leadId, { statusId: STAGE.lesson1 });
     await s.amo.hooksSettled();
