@@ -106,11 +106,11 @@ describe(`invoked on Node ${deployMajor}`, { timeout: 180_000 }, () => {
       // URL in production and names what is missing; every other endpoint answers a bare 503.
       expect([name, res.status]).toEqual([name, name === 'amocrm-crm-events' ? 404 : 503]);
       expect(res.json().ok).toBe(false);
-      for (const variable of ['AMOCRM_WEBHOOK_SECRET', 'AMOCRM_PIPELINE_ID']) {
+      for (const variable of ['AMOCRM_WEBHOOK_SECRET', 'AMOCRM_CLIENT_ID']) {
         if (name === 'amocrm-sweep') expect(res.body, name).toContain(variable);
         else expect(res.body, name).not.toContain(variable);
       }
-      if (name !== 'amocrm-crm-events') expect(`${res.stdout}${res.stderr}`, `${name} log`).toMatch(/❌ \[AmoCRM\] Функция не настроена.*AMOCRM_PIPELINE_ID/);
+      if (name !== 'amocrm-crm-events') expect(`${res.stdout}${res.stderr}`, `${name} log`).toMatch(/❌ \[AmoCRM\] Функция не настроена.*AMOCRM_CLIENT_ID/);
       expect(res.stderr, `${name} stderr`).not.toMatch(/\n\s+at /); // no stack trace
     }
   });
