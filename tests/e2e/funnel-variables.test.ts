@@ -2,7 +2,7 @@
 // saved. Without them and with none saved the deploy is not configured (the caller checked
 // first, the answer names what to set); once a funnel is saved a deploy without them works,
 // and one whose variables disagree follows the saved funnels.
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ConfigError, FUNNEL_VARS, readConfig } from '../../lib/config.ts';
 import { currentFunnels, setFunnels } from '../../lib/db/funnels.ts';
 import { handleLessonCompleted } from '../../lib/http/lesson-completed.ts';
@@ -13,6 +13,8 @@ import { createStack, dbWebhookBody, PIPELINE, STAGE, WEBHOOK_SECRET, type Stack
 let s: Stack;
 beforeAll(async () => { s = await createStack(); });
 afterAll(async () => { await s?.close(); });
+// Each test starts with no funnel saved, as a fresh deployment has.
+beforeEach(async () => { await s.t.sql('delete from amocrm.funnel_versions'); });
 
 const without = (env: Record<string, string>, drop: readonly string[]) => Object.fromEntries(Object.entries(env).filter(([k]) => !drop.includes(k)));
 const runtimeWith = (env: Record<string, string>) => buildRuntime(readConfig(env).config!, s.rt.db, { transport: s.rt.transport, log: s.log, clock: s.rt.clock });
